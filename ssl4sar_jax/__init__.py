@@ -5,3 +5,7 @@ Importing the package registers the TFDS builders ``caffe`` and ``ssl4sar``
 """
 
 __version__ = "0.1.0"
+
+from ssl4sar_jax.builders import register_all as _register_builders  # noqa: E402
+
+_register_builders()

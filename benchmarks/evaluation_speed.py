@@ -1,0 +1,118 @@
+"""Speed of the evaluation of a whole CaFFe test split from saved predictions (no model).
+
+122 synthetic images with the test split's composition (COL: 18 S1 + 47 TDX; Mapple: 10 ENVISAT,
+2 ERS, 8 PALSAR, 15 S1, 22 TSX; ``data_and_evaluation.md`` §1.6) and per-glacier image sizes that
+scale with the pixel spacing (the extent of a glacier scene is fixed in metres). The sizes are
+assumptions within the reported range (heights 405-3,561, widths 382-4,476; §1.4): the largest
+(3561 x 4476) is used for COL at 7 m. Content: a wavy glacier/ocean boundary with rock, an NA
+strip, icebergs and lakes; the "prediction" is the label with a shifted boundary and extra blobs,
+so hole filling, component selection, length filtering and the box all do work.
+
+Timed: post-processing, MDE (KD-tree) and zone metrics per image, then the pooling and the
+breakdowns. Not timed: building the synthetic arrays (they stand in for reading saved files).
+
+Usage:
+    PYTHONPATH=. python benchmarks/evaluation_speed.py [--scale 1.0] [--images 122] [--out-dir D]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from ssl4sar_jax.constants import GLACIER, NA, OCEAN, ROCK
+from ssl4sar_jax.evaluation.postprocess import front_from_zones
+from ssl4sar_jax.evaluation.runner import evaluate_image, parse_record, summarise, write_outputs
+
+# (glacier, sensor, resolution_m, count, (height, width)); sizes assumed, see the docstring.
+TEST_SPLIT = [
+    ("COL", "S1", 20, 18, (1247, 1567)),
+    ("COL", "TDX", 7, 47, (3561, 4476)),
+    ("Mapple", "ENVISAT", 20, 10, (405, 382)),
+    ("Mapple", "ERS", 20, 2, (405, 382)),
+    ("Mapple", "PALSAR", 17, 8, (476, 449)),
+    ("Mapple", "S1", 20, 15, (405, 382)),
+    ("Mapple", "TSX", 7, 22, (1157, 1091)),
+]
+
+
+def synthetic_pair(height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (true zones, predicted zones), uint8 ``[H, W]``."""
+    rng = np.random.default_rng(seed)
+    rows = np.arange(height)[:, None]
+    cols = np.arange(width)[None, :]
+    phase = rng.uniform(0, 2 * np.pi)
+
+    def boundary(shift: float) -> np.ndarray:
+        wave = 0.08 * width * np.sin(rows / (0.07 * height) + phase)
+        return 0.55 * width + wave + shift
+
+    zones = np.full((height, width), GLACIER, np.uint8)
+    zones[cols >= boundary(0.0)] = OCEAN
+    zones[:, : width // 10] = ROCK
+    zones[: height // 20] = NA
+    pred = np.full((height, width), GLACIER, np.uint8)
+    pred[cols >= boundary(rng.uniform(-0.02, 0.02) * width)] = OCEAN
+    pred[:, : width // 10] = ROCK
+    pred[: height // 20] = NA
+    for _ in range(30):  # icebergs in the sea, lakes on the glacier, rock specks
+        r, c = rng.integers(0, height - 8), rng.integers(0, width - 8)
+        size = rng.integers(2, 8)
+        pred[r : r + size, c : c + size] = rng.choice([GLACIER, OCEAN, ROCK])
+    return zones, pred
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="Image size factor")
+    parser.add_argument("--images", type=int, default=122, help="Stop after this many images")
+    parser.add_argument("--out-dir", default=None, help="Also write metrics.json, CSV, summary.png")
+    args = parser.parse_args(argv)
+
+    rows, timed, pixels, index = [], 0.0, 0, 0
+    start_all = time.perf_counter()
+    for glacier, sensor, res, count, (h, w) in TEST_SPLIT:
+        h, w = max(16, int(h * args.scale)), max(16, int(w * args.scale))
+        for i in range(count):
+            if index >= args.images:
+                break
+            zones, pred = synthetic_pair(h, w, seed=index)
+            record = {
+                "zones": zones,
+                "front": front_from_zones(zones).astype(np.uint8),
+                "bbox": np.array([[0, h], [0, 0], [w, 0], [w, h]], np.float32),
+                "stem": f"{glacier}_2016-0{1 + i % 9}-15_{sensor}_{res}_1_{i:03d}",
+            }
+            start = time.perf_counter()
+            image = parse_record(record, index=index, require_sar=False)
+            row, _ = evaluate_image(image, pred)
+            timed += time.perf_counter() - start
+            rows.append(row)
+            pixels += h * w
+            index += 1
+            done_rate = index / max(time.perf_counter() - start_all, 1e-9)
+            print(
+                f"[{index}/{args.images}] {record['stem']} {h}x{w}: MDE {row['mde_m']:.0f} m | "
+                f"{done_rate:.2f} images/s, ETA {(args.images - index) / done_rate:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    start = time.perf_counter()
+    metrics, breakdowns = summarise(rows)
+    timed += time.perf_counter() - start
+    if args.out_dir:  # not timed
+        write_outputs(args.out_dir, metrics, rows, breakdowns, {"benchmark": "synthetic"})
+    print(
+        f"images {len(rows)}, megapixels {pixels / 1e6:.0f}, evaluation {timed:.1f} s "
+        f"({timed / len(rows):.2f} s/image, {pixels / 1e6 / timed:.1f} Mpx/s); "
+        f"total with synthetic data {time.perf_counter() - start_all:.1f} s; "
+        f"pooled MDE {metrics['front/mde_m']:.1f} m, missing {metrics['front/missing_fronts']}, "
+        f"mean IoU {metrics['zones/iou_mean']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+r"""Evaluation of fine-tuned checkpoint(s) on a CaFFe split (`model_and_training.md` §5).
+
+Reference protocol (default): overlapping tiles at stride 128 with Gaussian blending of the
+centre-256 softmax, test split, no TTA; ``--config.tta=True`` adds the 4 rotations, several
+``checkpoints`` form an ensemble (mean of probabilities)::
+
+    python -m ssl4sar_jax.main --config configs/evaluate.py --workdir runs/eval \
+        --config.checkpoints="('runs/ft_seed0','runs/ft_seed1')" --config.tta=True
+
+Variant ``demo`` evaluates the fine-tuning demo (``/tmp/ft_demo``) on the synthetic test split.
+"""
+
+import ml_collections
+
+from ssl4sar_jax.models import ModelConfig
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = arg or "paper"
+    if variant not in ("paper", "demo"):
+        raise ValueError(f"unknown evaluate variant {variant!r}: paper | demo")
+    c = ml_collections.ConfigDict()
+    c.name = f"evaluate_{variant}"
+    c.task = "evaluate"
+    c.num_cpu_devices = 0
+    c.mesh = [("data", -1)]
+    c.model = ModelConfig.named("paper").to_dict()
+    c.checkpoints = ()  # run workdirs, checkpoint step dirs or .npz files (ensemble members)
+    c.which = "best"  # for workdirs: "best" (lowest val MDE) or "latest"
+    c.split = "test"
+    c.tta = False
+    c.context_size = 512
+    c.centre_size = 256
+    c.stride = 128  # 128: overlapping tiles (reference test protocol); 256: non-overlapping
+    c.stitch_mode = ""  # "" = gaussian when overlapping, else plain; or "gaussian" / "plain"
+    c.length_rule = "tyrion"  # front pieces of exactly 750 m / r px kept ("caffe": dropped)
+    c.batch_size = 8
+    c.max_images = 0  # 0 = all
+    c.max_overlays = -1  # -1 = all
+    c.data = ml_collections.ConfigDict()
+    c.data.config = "full"
+    c.data.data_dir = "~/tensorflow_datasets"
+    c.data.manual_dir = ""
+    c.data.prepare = True
+    if variant == "demo":
+        c.num_cpu_devices = 2
+        c.model = ModelConfig.named("tiny", img_size=128).to_dict()
+        c.checkpoints = ("/tmp/ft_demo",)
+        c.context_size = 128
+        c.centre_size = 64
+        c.stride = 32
+        c.batch_size = 16
+        c.data.config = "synthetic"
+        c.data.data_dir = "/tmp/ssl4sar_jax_data"
+        c.max_overlays = 6
+    return c

@@ -1,0 +1,386 @@
+"""grain input pipelines: fine-tuning and pretraining samplers over TFDS data sources.
+
+Design (style_guide.md §8.3 item 7; reference data_and_evaluation.md §2.3, §3.3):
+
+* A pipeline is ``grain.MapDataset.range(n).map(sampler).batch(B).to_iter_dataset()``. Element
+  ``i`` of process ``p`` is a pure function of ``(seed, p, i)``: its random generator is
+  ``np.random.default_rng([seed, p, i])`` and its image is drawn from a per-epoch permutation
+  seeded by ``(seed, p, epoch)``. Batch ``s`` holds elements ``[s * B, (s + 1) * B)``, so every
+  batch is a function of ``(seed, process index, step)`` - independent of threads or restarts.
+* The iterator is a grain ``DatasetIterator``: ``get_state()`` returns a small JSON-able dict and
+  ``set_state(state)`` resumes exactly (checkpoint it with the model, e.g. orbax
+  ``grain.checkpoint.CheckpointSave``).
+* Each process reads its own shard of records (``records[p::process_count]``) and yields
+  ``global_batch_size // process_count`` samples per step; ``samples_per_epoch`` is global.
+* Records are the TFDS records of docs/interfaces.md (or any sequence of dicts with the same
+  keys). Output batches are exactly the documented training batches.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from ssl4sar_jax.data import transforms
+from ssl4sar_jax.data.transforms import FinetuneSamplerConfig, PretrainSamplerConfig
+
+Record = Mapping[str, Any]
+Batch = dict[str, np.ndarray]
+# Length of an "infinite" pipeline (grain MapDatasets have a length); never reached in practice.
+_INFINITE = 2**40
+
+
+def _process_info(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    return process_index, process_count
+
+
+class _RecordCache:
+    """Thread-safe LRU of decoded records (decoding a large PNG per sample would dominate)."""
+
+    def __init__(self, source: Sequence[Record], size: int, keys: tuple[str, ...]):
+        self._source, self._size, self._keys = source, size, keys
+        self._data: collections.OrderedDict[int, dict] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def __getitem__(self, index: int) -> dict:
+        with self._lock:
+            if index in self._data:
+                self._data.move_to_end(index)
+                return self._data[index]
+        record = self._source[index]
+        value = {k: np.asarray(record[k]) for k in self._keys}
+        if self._size > 0:
+            with self._lock:
+                self._data[index] = value
+                while len(self._data) > self._size:
+                    self._data.popitem(last=False)
+        return value
+
+
+class _IndexSampler:
+    """Maps element index -> (record index, rng) deterministically from (seed, process, index)."""
+
+    def __init__(self, shard: Sequence[int], samples_per_epoch: int, seed: int, process: int):
+        if not shard:
+            raise ValueError("This process's shard of the data source is empty")
+        self.shard = list(shard)
+        self.samples_per_epoch = samples_per_epoch
+        self.seed, self.process = seed, process
+        self._perms: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        with self._lock:
+            perm = self._perms.get(epoch)
+            if perm is None:
+                rng = np.random.default_rng([self.seed, self.process, epoch, 7])
+                perm = rng.permutation(self.samples_per_epoch)
+                self._perms = {epoch: perm}  # keep only the current epoch
+            return perm
+
+    def __call__(self, index: int) -> tuple[int, np.random.Generator]:
+        epoch, pos = divmod(int(index), self.samples_per_epoch)
+        # Sample i uses image i % N over shuffled indices (the reference's names[i % N]).
+        record = self.shard[int(self._permutation(epoch)[pos]) % len(self.shard)]
+        return record, np.random.default_rng([self.seed, self.process, int(index)])
+
+
+class FinetuneSample:
+    """grain map: element index -> ``{"sar": float32 [C,C,1], "zones": int32 [C,C]}``."""
+
+    def __init__(self, records: _RecordCache, sampler: _IndexSampler, cfg: FinetuneSamplerConfig):
+        self.records, self.sampler, self.cfg = records, sampler, cfg
+
+    def _context(self, record_index: int, rng: np.random.Generator):
+        rec = self.records[record_index]
+        sar = rec["sar"][..., 0] if rec["sar"].ndim == 3 else rec["sar"]
+        return transforms.random_context(sar, rec["zones"], rng, self.cfg)
+
+    def __call__(self, index: int) -> Batch:
+        record_index, rng = self.sampler(index)
+        sar, zones = self._context(record_index, rng)
+        if rng.random() < self.cfg.prob_mix_up:
+            weight = rng.uniform(*self.cfg.mix_up_range)
+            other = self.sampler.shard[int(rng.integers(len(self.sampler.shard)))]
+            other_sar, _ = self._context(other, rng)
+            sar = transforms.mix_up_ocean(sar, zones, other_sar, weight)
+        sar = transforms.ocrodeg(sar, rng, self.cfg)
+        sar, zones = transforms.flips((sar, zones), rng, self.cfg)
+        return {
+            "sar": (sar.astype(np.float32) / 255.0)[..., None],
+            "zones": zones.astype(np.int32),
+        }
+
+
+class PretrainSample:
+    """grain map: element index -> ``{"sar", "optical", "mim_mask"}`` (see docs/interfaces.md)."""
+
+    def __init__(self, records: _RecordCache, sampler: _IndexSampler, cfg: PretrainSamplerConfig):
+        self.records, self.sampler, self.cfg = records, sampler, cfg
+
+    def __call__(self, index: int) -> Batch:
+        record_index, rng = self.sampler(index)
+        rec = self.records[record_index]
+        sar = rec["sar"][..., 0] if rec["sar"].ndim == 3 else rec["sar"]
+        sar, optical = transforms.pretrain_crop(sar, rec["optical"], rng, self.cfg)
+        grid = self.cfg.crop_size // self.cfg.mask_patch_size
+        mask = transforms.token_mask(
+            rng, (grid, grid), self.cfg.mask_ratio, self.cfg.mask_first_token
+        )
+        return {
+            "sar": (sar.astype(np.float32) / 255.0)[..., None],
+            "optical": optical.astype(np.float32) / 255.0,
+            "mim_mask": mask,
+        }
+
+
+def _build(
+    source: Sequence[Record],
+    make_map: Callable[[_RecordCache, _IndexSampler], Callable[[int], Batch]],
+    keys: tuple[str, ...],
+    *,
+    global_batch_size: int,
+    seed: int,
+    samples_per_epoch: int,
+    num_epochs: int | None,
+    process_index: int | None,
+    process_count: int | None,
+    num_threads: int,
+    prefetch_buffer_size: int,
+    record_cache_size: int,
+) -> grain.DatasetIterator:
+    p, n_proc = _process_info(process_index, process_count)
+    if global_batch_size <= 0 or global_batch_size % n_proc:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} must be a positive multiple of the "
+            f"process count {n_proc}"
+        )
+    if len(source) == 0:
+        raise ValueError("The data source is empty")
+    local_batch = global_batch_size // n_proc
+    local_epoch = max(local_batch, samples_per_epoch // n_proc)
+    shard = range(p, len(source), n_proc)
+    sampler = _IndexSampler(shard, local_epoch, seed, p)
+    records = _RecordCache(source, record_cache_size, keys)
+    total = _INFINITE if num_epochs is None else local_epoch * num_epochs
+    ds = grain.MapDataset.range(total).map(make_map(records, sampler))
+    ds = ds.batch(local_batch, drop_remainder=True)
+    read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
+    return iter(ds.to_iter_dataset(read))
+
+
+def make_finetune_iterator(
+    source: Sequence[Record],
+    *,
+    global_batch_size: int,
+    seed: int,
+    sampler: FinetuneSamplerConfig | None = None,
+    num_epochs: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_threads: int = 2,
+    prefetch_buffer_size: int = 8,
+    record_cache_size: int = 64,
+) -> grain.DatasetIterator:
+    """Fine-tuning batches from CaFFe records (random context + reference augmentations).
+
+    Args:
+        source: CaFFe records (``sar`` uint8 [H, W, 1], ``zones`` uint8 [H, W]), e.g.
+            ``prepare("caffe", ...)["train"]``.
+        global_batch_size: batch over all processes; each yields ``global // process_count``.
+        seed: pipeline seed.
+        sampler: augmentation and size settings (default: the paper's 512/256 recipe).
+        num_epochs: None = infinite; otherwise ``samples_per_epoch * num_epochs`` samples.
+        process_index: defaults to ``jax.process_index()``.
+        process_count: defaults to ``jax.process_count()``.
+        num_threads: grain read threads (0 = sample in the calling thread).
+        prefetch_buffer_size: elements prefetched by grain.
+        record_cache_size: decoded records kept in memory (LRU).
+
+    Returns:
+        A grain iterator of ``{"sar": float32 [B, C, C, 1] in [0, 1], "zones": int32 [B, C, C]}``
+        with ``get_state()`` / ``set_state()``.
+    """
+    cfg = sampler or FinetuneSamplerConfig()
+    return _build(
+        source,
+        lambda records, idx: FinetuneSample(records, idx, cfg),
+        ("sar", "zones"),
+        global_batch_size=global_batch_size,
+        seed=seed,
+        samples_per_epoch=cfg.samples_per_epoch,
+        num_epochs=num_epochs,
+        process_index=process_index,
+        process_count=process_count,
+        num_threads=num_threads,
+        prefetch_buffer_size=prefetch_buffer_size,
+        record_cache_size=record_cache_size,
+    )
+
+
+def make_pretrain_iterator(
+    source: Sequence[Record],
+    *,
+    global_batch_size: int,
+    seed: int,
+    sampler: PretrainSamplerConfig | None = None,
+    num_epochs: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_threads: int = 2,
+    prefetch_buffer_size: int = 8,
+    record_cache_size: int = 16,
+) -> grain.DatasetIterator:
+    """Pretraining batches from SSL4SAR records (crop, random-resized crop, flip, token mask).
+
+    Args: as `make_finetune_iterator`, with SSL4SAR records (``sar`` uint8 [H, W, 1], ``optical``
+    uint8 [H, W, 14]).
+
+    Returns:
+        A grain iterator of ``{"sar": float32 [B, C, C, 1], "optical": float32 [B, C, C, 14],
+        "mim_mask": bool [B, C / 4, C / 4]}`` with ``get_state()`` / ``set_state()``.
+    """
+    cfg = sampler or PretrainSamplerConfig()
+    return _build(
+        source,
+        lambda records, idx: PretrainSample(records, idx, cfg),
+        ("sar", "optical"),
+        global_batch_size=global_batch_size,
+        seed=seed,
+        samples_per_epoch=cfg.samples_per_epoch,
+        num_epochs=num_epochs,
+        process_index=process_index,
+        process_count=process_count,
+        num_threads=num_threads,
+        prefetch_buffer_size=prefetch_buffer_size,
+        record_cache_size=record_cache_size,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# TFDS preparation and config-driven construction
+# ----------------------------------------------------------------------------------------------
+
+
+def prepare(
+    name: str,
+    config: Any = "synthetic",
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    *,
+    splits: Sequence[str] | None = None,
+) -> dict[str, Sequence[Record]]:
+    """Builds (first call) or opens a prepared dataset and returns its ``tfds.data_source`` splits.
+
+    Args:
+        name: ``"caffe"`` or ``"ssl4sar"``.
+        config: builder config name (``"synthetic"``, ``"full"``) or a config object
+            (e.g. ``CaffeConfig(name="synthetic_big", synthetic=SyntheticCaffeSpec(...))``).
+        data_dir: TFDS data dir (default: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+        manual_dir: folder with the raw archives (``full`` configs).
+        splits: split names or expressions (``"train+validation"``); default: every split.
+
+    Returns:
+        ``{split: ArrayRecord data source}`` (random access, records as in docs/interfaces.md).
+    """
+    import tensorflow_datasets as tfds
+
+    import ssl4sar_jax  # noqa: F401  (registers the builders)
+
+    if name not in ("caffe", "ssl4sar"):
+        raise ValueError(f"Unknown dataset {name!r}; expected 'caffe' or 'ssl4sar'")
+    builder = tfds.builder(name, config=config, data_dir=data_dir, file_format="array_record")
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    builder.download_and_prepare(download_config=download_config)
+    splits = list(splits) if splits is not None else list(builder.info.splits.keys())
+    return {split: builder.as_data_source(split=split) for split in splits}
+
+
+def default_data_config(task: str):
+    """The ``config.data`` block for `make_train_iterator` (ml_collections ConfigDict).
+
+    Args:
+        task: ``"finetune"`` (CaFFe) or ``"pretrain"`` (SSL4SAR).
+    """
+    import ml_collections
+
+    if task == "finetune":
+        name, sampler = "caffe", FinetuneSamplerConfig()
+    elif task == "pretrain":
+        name, sampler = "ssl4sar", PretrainSamplerConfig()
+    else:
+        raise ValueError(f"task must be 'finetune' or 'pretrain', got {task!r}")
+    return ml_collections.ConfigDict(
+        {
+            "name": name,
+            "config": "synthetic",
+            "data_dir": None,
+            "manual_dir": None,
+            "split": "train",
+            "num_threads": 2,
+            "prefetch_buffer_size": 8,
+            "sampler": dataclasses.asdict(sampler),
+        },
+        type_safe=False,
+    )
+
+
+def make_train_iterator(
+    data_config: Mapping[str, Any],
+    *,
+    global_batch_size: int,
+    seed: int,
+    split: str | None = None,
+    num_epochs: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.DatasetIterator:
+    """Prepares the dataset named in `data_config` and returns its training iterator.
+
+    Args:
+        data_config: a block like `default_data_config` (``name`` picks the sampler: ``caffe`` ->
+            fine-tuning, ``ssl4sar`` -> pretraining).
+        global_batch_size: batch over all processes.
+        seed: pipeline seed.
+        split: overrides ``data_config.split``.
+        num_epochs: None = infinite.
+        process_index / process_count: default to JAX's.
+    """
+    split = split or data_config["split"]
+    sources = prepare(
+        data_config["name"],
+        data_config["config"],
+        data_config["data_dir"],
+        data_config["manual_dir"],
+        splits=[split],
+    )
+    kwargs = dict(
+        global_batch_size=global_batch_size,
+        seed=seed,
+        num_epochs=num_epochs,
+        process_index=process_index,
+        process_count=process_count,
+        num_threads=data_config.get("num_threads", 2),
+        prefetch_buffer_size=data_config.get("prefetch_buffer_size", 8),
+    )
+    sampler_fields = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in dict(data_config["sampler"]).items()
+    }
+    if data_config["name"] == "caffe":
+        cfg = FinetuneSamplerConfig(**sampler_fields)
+        return make_finetune_iterator(sources[split], sampler=cfg, **kwargs)
+    cfg = PretrainSamplerConfig(**sampler_fields)
+    return make_pretrain_iterator(sources[split], sampler=cfg, **kwargs)

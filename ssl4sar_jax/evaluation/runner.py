@@ -1,0 +1,435 @@
+"""Evaluation runner: records -> predictions -> fronts -> metrics -> files.
+
+``evaluate_records`` is the one entry point for the evaluate task and for validation during
+training; ``evaluate_zone_predictions`` does the same from already predicted zone maps (no model),
+e.g. saved predictions or the speed benchmark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from ssl4sar_jax.constants import GLACIERS, NUM_ZONE_CLASSES, SENSORS, season_of
+from ssl4sar_jax.evaluation import metrics as metrics_lib
+from ssl4sar_jax.evaluation import report
+from ssl4sar_jax.evaluation.ensemble import ensemble_probabilities
+from ssl4sar_jax.evaluation.postprocess import LENGTH_RULES, postprocess_zones
+from ssl4sar_jax.evaluation.tiling import STITCH_MODES
+
+PredictFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+    """One validated CaFFe image (see ``docs/interfaces.md`` for the record fields).
+
+    Attributes:
+        stem: Full file stem, e.g. ``COL_2015-12-18_S1_20_1_094``.
+        sar: float32 ``[H, W, 1]`` in [0, 1] (None when parsed with ``require_sar=False``).
+        zones: uint8 ``[H, W]`` class ids.
+        front: bool ``[H, W]`` true front.
+        bbox: float ``[4, 2]`` raw box corners or None.
+        glacier: Glacier token.
+        sensor: Sensor token.
+        resolution_m: Pixel spacing in metres.
+        season: ``"winter"`` or ``"summer"``.
+        date: ``YYYY-MM-DD``.
+    """
+
+    stem: str
+    sar: np.ndarray | None
+    zones: np.ndarray
+    front: np.ndarray
+    bbox: np.ndarray | None
+    glacier: str
+    sensor: str
+    resolution_m: int
+    season: str
+    date: str
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        value = value.item() if value.ndim == 0 else value.tolist()
+    if isinstance(value, bytes | np.bytes_):
+        return bytes(value).decode()
+    return str(value)
+
+
+def parse_record(
+    record: dict,
+    *,
+    index: int = 0,
+    allow_empty_true_front: bool = False,
+    require_sar: bool = True,
+) -> ImageRecord:
+    """Validates a record dict and returns an :class:`ImageRecord`.
+
+    Missing metadata is parsed from the stem (``Glacier_Date_Sensor_Res_Quality_Orbit``).
+    ``require_sar=False`` allows records without ``sar`` (evaluation of saved predictions);
+    ``ImageRecord.sar`` is then None.
+
+    Raises:
+        ValueError: naming the image, for unknown glacier/sensor, bad resolution or date,
+            inconsistent shapes, class ids outside 0..3, or an empty true front (unless
+            ``allow_empty_true_front``).
+    """
+    stem = _text(record.get("stem")) or f"record_{index}"
+    fields = stem.split("_")
+
+    def field(key: str, position: int) -> str | None:
+        value = _text(record.get(key))
+        if value is None and len(fields) > position:
+            value = fields[position]
+        return value
+
+    glacier = field("glacier", 0)
+    if glacier not in GLACIERS:
+        raise ValueError(f"{stem}: unknown glacier {glacier!r}; expected one of {GLACIERS}")
+    sensor = field("sensor", 2)
+    if sensor not in SENSORS:
+        raise ValueError(f"{stem}: unknown sensor {sensor!r}; expected one of {SENSORS}")
+    date = field("date", 1) or ""
+    raw_res = record.get("resolution_m")
+    try:
+        resolution = int(np.asarray(raw_res).item()) if raw_res is not None else int(fields[3])
+    except (ValueError, IndexError) as err:
+        raise ValueError(f"{stem}: cannot read the resolution (field 3 of the stem)") from err
+    if resolution <= 0:
+        raise ValueError(f"{stem}: resolution must be positive, got {resolution}")
+    season = _text(record.get("season"))
+    if not season:
+        try:
+            month = int(date.split("-")[1])
+        except (IndexError, ValueError) as err:
+            raise ValueError(f"{stem}: cannot read the month of date {date!r}") from err
+        season = season_of(glacier, month)
+    if season not in ("winter", "summer"):
+        raise ValueError(f"{stem}: season must be 'winter' or 'summer', got {season!r}")
+
+    for key in ("zones", "front") + (("sar",) if require_sar else ()):
+        if record.get(key) is None:
+            raise ValueError(f"{stem}: the record has no {key!r} field")
+    zones = np.asarray(record["zones"])
+    front = np.asarray(record["front"])
+    sar = record.get("sar")
+    if sar is not None:
+        sar = np.asarray(sar)
+        if sar.ndim == 2:
+            sar = sar[..., None]
+        if sar.ndim != 3 or sar.shape[-1] != 1:
+            raise ValueError(f"{stem}: sar must be [H, W, 1], got shape {sar.shape}")
+        sar = sar.astype(np.float32) / 255.0 if sar.dtype == np.uint8 else sar.astype(np.float32)
+        if sar.shape[:2] != zones.shape:
+            raise ValueError(f"{stem}: shapes differ: sar {sar.shape[:2]}, zones {zones.shape}")
+    if zones.ndim != 2 or front.shape != zones.shape:
+        raise ValueError(f"{stem}: shapes differ: zones {zones.shape}, front {front.shape}")
+    if zones.size and (zones.min() < 0 or zones.max() >= NUM_ZONE_CLASSES):
+        raise ValueError(f"{stem}: zones must hold class ids 0..3, got max {zones.max()}")
+    front = front != 0
+    if not allow_empty_true_front and not front.any():
+        raise ValueError(
+            f"{stem}: the ground-truth front is empty (pass allow_empty_true_front=True to count "
+            "it as a missing front, as the reference does)"
+        )
+    bbox = record.get("bbox")
+    bbox = None if bbox is None else np.asarray(bbox, dtype=np.float64)
+    return ImageRecord(
+        stem=stem,
+        sar=sar,
+        zones=zones.astype(np.uint8),
+        front=front,
+        bbox=bbox,
+        glacier=glacier,
+        sensor=sensor,
+        resolution_m=resolution,
+        season=season,
+        date=date,
+    )
+
+
+@dataclasses.dataclass
+class EvaluationResult:
+    """Result of an evaluation.
+
+    Attributes:
+        metrics: Flat dict, e.g. ``front/mde_m``, ``front/missing_fronts``, ``zones/iou_mean``.
+        per_image: One dict per image.
+        breakdowns: ``{breakdown: {subset: metrics}}`` (see ``metrics.breakdowns``).
+        seconds: Wall time.
+    """
+
+    metrics: dict[str, float]
+    per_image: list[dict]
+    breakdowns: dict[str, dict[str, dict]]
+    seconds: float
+
+
+def evaluate_image(
+    image: ImageRecord, pred_zones: np.ndarray, *, length_rule: str = "tyrion"
+) -> tuple[dict, np.ndarray]:
+    """Post-processing and metrics of one image.
+
+    Args:
+        image: The validated record.
+        pred_zones: ``[H, W]`` predicted class ids (raw stitched argmax).
+        length_rule: ``"tyrion"`` or ``"caffe"``.
+
+    Returns:
+        ``(row, predicted front [H, W] bool)``.
+    """
+    if pred_zones.shape != image.zones.shape:
+        raise ValueError(
+            f"{image.stem}: prediction shape {pred_zones.shape} differs from the label shape "
+            f"{image.zones.shape}"
+        )
+    pred_front = postprocess_zones(
+        pred_zones, image.resolution_m, image.bbox, length_rule=length_rule
+    )
+    dist = metrics_lib.front_distances(pred_front, image.front, image.resolution_m)
+    row = {
+        "stem": image.stem,
+        "glacier": image.glacier,
+        "date": image.date,
+        "season": image.season,
+        "sensor": image.sensor,
+        "sensor_group": metrics_lib.sensor_group(image.sensor),
+        "resolution_m": image.resolution_m,
+        "height": image.zones.shape[0],
+        "width": image.zones.shape[1],
+        "has_front": dist is not None,
+        "mde_m": dist.mean_m if dist else float("nan"),
+        "front_sum_m": dist.total_m if dist else float("nan"),
+        "front_count": dist.count if dist else 0,
+        "n_pred_front": int(pred_front.sum()),
+        "n_true_front": int(image.front.sum()),
+    }
+    row.update(metrics_lib.zone_metrics(pred_zones, image.zones))
+    return row, pred_front
+
+
+def summarise(rows: Sequence[dict]) -> tuple[dict[str, float], dict]:
+    """Flat metrics dict and breakdowns from per-image rows."""
+    if not rows:
+        raise ValueError("No images were evaluated (empty record list)")
+    front = metrics_lib.pool_front_metrics(rows)
+    zones = metrics_lib.average_zone_metrics(rows)
+    flat = {f"front/{k}": v for k, v in front.items()}
+    flat.update({f"zones/{k}": v for k, v in zones.items()})
+    return flat, metrics_lib.breakdowns(rows)
+
+
+class _Progress:
+    def __init__(self, total: int | None, verbose: bool, label: str):
+        self.total, self.verbose, self.label = total, verbose, label
+        self.start = time.perf_counter()
+        self.done = 0
+
+    def step(self, message: str) -> None:
+        self.done += 1
+        if not self.verbose:
+            return
+        elapsed = time.perf_counter() - self.start
+        rate = self.done / max(elapsed, 1e-9)
+        total = f"/{self.total}" if self.total else ""
+        eta = f", ETA {(self.total - self.done) / rate:.0f} s" if self.total else ""
+        print(
+            f"[{self.label} {self.done}{total}] {message} | {rate:.2f} images/s{eta}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def write_outputs(
+    out_dir: str, flat: dict, rows: Sequence[dict], breakdowns: dict, config: dict
+) -> None:
+    """Writes ``metrics.json``, ``per_image.csv`` and ``summary.png`` into ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    report.write_json(
+        os.path.join(out_dir, "metrics.json"),
+        {"metrics": flat, "breakdowns": breakdowns, "config": config},
+    )
+    report.write_csv(os.path.join(out_dir, "per_image.csv"), rows)
+    report.summary_plot(os.path.join(out_dir, "summary.png"), breakdowns, flat)
+
+
+def _normalise_fns(predict_fns) -> list[PredictFn]:
+    if callable(predict_fns):
+        return [predict_fns]
+    fns = list(predict_fns)
+    if not fns or not all(callable(fn) for fn in fns):
+        raise ValueError("predict_fns must be a callable or a non-empty sequence of callables")
+    return fns
+
+
+def evaluate_records(
+    predict_fns: PredictFn | Sequence[PredictFn],
+    records: Iterable[dict],
+    *,
+    context: int = 512,
+    centre: int = 256,
+    stride: int = 128,
+    stitch_mode: str | None = None,
+    tta: bool = False,
+    batch_size: int = 8,
+    out_dir: str | None = None,
+    length_rule: str = "tyrion",
+    allow_empty_true_front: bool = False,
+    max_overlays: int | None = None,
+    num_records: int | None = None,
+    verbose: bool = True,
+) -> EvaluationResult:
+    """Evaluates full images: stitched (TTA/ensemble) prediction, fronts, MDE and zone metrics.
+
+    Args:
+        predict_fns: One callable or a sequence (ensemble members). Each maps float32
+            ``[N, context, context, 1]`` SAR tiles in [0, 1] to logits
+            ``[N, context, context, 4]`` (numpy or jax).
+        records: CaFFe record dicts (``docs/interfaces.md``): ``sar`` uint8 ``[H, W, 1]``,
+            ``zones`` ``[H, W]``, ``front`` ``[H, W]``, ``bbox`` ``[4, 2]`` (or None), metadata.
+        context: Tile size fed to the model.
+        centre: Centre kept from each tile.
+        stride: ``128`` for overlapping tiles (reference mode A), ``centre`` for mode B.
+        stitch_mode: ``"gaussian"`` or ``"plain"``; default gaussian when overlapping.
+        tta: 4 rotations per member, rotated back before averaging.
+        batch_size: Tiles per predict call.
+        out_dir: When given, writes ``metrics.json``, ``per_image.csv``, ``summary.png``,
+            ``overlays/<stem>.png`` and (several passes) ``uncertainty/<stem>.png``.
+        length_rule: ``"tyrion"`` (keep pieces of exactly 750/r px) or ``"caffe"``.
+        allow_empty_true_front: Count images with an empty true front as missing (reference)
+            instead of raising.
+        max_overlays: Number of images with overlay/uncertainty PNGs (None = all).
+        num_records: Total for the ETA when ``records`` has no ``len``.
+        verbose: Print progress (images/s, ETA) to stderr.
+
+    Returns:
+        The :class:`EvaluationResult`; ``result.metrics`` is the flat dict for logging.
+    """
+    fns = _normalise_fns(predict_fns)
+    if stitch_mode is None:
+        stitch_mode = "gaussian" if stride < centre else "plain"
+    if stitch_mode not in STITCH_MODES:
+        raise ValueError(f"stitch_mode must be one of {STITCH_MODES}, got {stitch_mode!r}")
+    if length_rule not in LENGTH_RULES:
+        raise ValueError(f"length_rule must be one of {LENGTH_RULES}, got {length_rule!r}")
+    if num_records is None and hasattr(records, "__len__"):
+        num_records = len(records)
+    start = time.perf_counter()
+    progress = _Progress(num_records, verbose, "eval")
+    rows: list[dict] = []
+    for index, record in enumerate(records):
+        image = parse_record(record, index=index, allow_empty_true_front=allow_empty_true_front)
+        probs, std, passes = ensemble_probabilities(
+            fns,
+            image.sar,
+            tta=tta,
+            context=context,
+            centre=centre,
+            stride=stride,
+            stitch_mode=stitch_mode,
+            batch_size=batch_size,
+            num_classes=NUM_ZONE_CLASSES,
+            name=image.stem,
+        )
+        pred_zones = np.argmax(probs, axis=-1).astype(np.uint8)  # ties -> lowest id
+        row, pred_front = evaluate_image(image, pred_zones, length_rule=length_rule)
+        row["passes"] = passes
+        row["mean_std"] = float(std.mean())
+        rows.append(row)
+        if out_dir and (max_overlays is None or index < max_overlays):
+            picture = report.overlay_picture(
+                image.sar,
+                pred_zones,
+                image.zones,
+                pred_front,
+                image.front,
+                image.resolution_m,
+                image.bbox,
+            )
+            report.atomic_save_png(os.path.join(out_dir, "overlays", f"{image.stem}.png"), picture)
+            if passes > 1:
+                report.atomic_save_png(
+                    os.path.join(out_dir, "uncertainty", f"{image.stem}.png"),
+                    report.uncertainty_picture(std),
+                )
+        progress.step(f"{image.stem}: MDE {row['mde_m']:.1f} m, IoU {row['iou_mean']:.3f}")
+    flat, breakdowns = summarise(rows)
+    config = {
+        "context": context,
+        "centre": centre,
+        "stride": stride,
+        "stitch_mode": stitch_mode,
+        "tta": tta,
+        "ensemble_members": len(fns),
+        "length_rule": length_rule,
+        "allow_empty_true_front": allow_empty_true_front,
+    }
+    if out_dir:
+        write_outputs(out_dir, flat, rows, breakdowns, config)
+    return EvaluationResult(flat, rows, breakdowns, time.perf_counter() - start)
+
+
+def evaluate_images(predict_fn, records, **kwargs) -> EvaluationResult:
+    """Alias of :func:`evaluate_records` (the name used in ``docs/interfaces.md``)."""
+    return evaluate_records(predict_fn, records, **kwargs)
+
+
+def evaluate_zone_predictions(
+    predictions: Iterable[np.ndarray],
+    records: Iterable[dict],
+    *,
+    out_dir: str | None = None,
+    length_rule: str = "tyrion",
+    allow_empty_true_front: bool = False,
+    num_records: int | None = None,
+    verbose: bool = True,
+) -> EvaluationResult:
+    """Evaluates already predicted zone maps (post-processing, MDE, IoU; no model).
+
+    Args:
+        predictions: ``[H_i, W_i]`` predicted class ids, in the order of ``records``.
+        records: CaFFe record dicts.
+        out_dir: When given, writes ``metrics.json``, ``per_image.csv`` and ``summary.png``.
+        length_rule: ``"tyrion"`` or ``"caffe"``.
+        allow_empty_true_front: See :func:`evaluate_records`.
+        num_records: Total for the ETA.
+        verbose: Print progress.
+
+    Returns:
+        The :class:`EvaluationResult`.
+    """
+    if num_records is None and hasattr(records, "__len__"):
+        num_records = len(records)
+    start = time.perf_counter()
+    progress = _Progress(num_records, verbose, "eval")
+    rows = []
+    sentinel = object()
+    pred_iter = iter(predictions)
+    for index, record in enumerate(records):
+        image = parse_record(
+            record,
+            index=index,
+            allow_empty_true_front=allow_empty_true_front,
+            require_sar=False,
+        )
+        pred = next(pred_iter, sentinel)
+        if pred is sentinel:
+            raise ValueError(f"{image.stem}: no prediction left for this record")
+        row, _ = evaluate_image(image, np.asarray(pred), length_rule=length_rule)
+        rows.append(row)
+        progress.step(f"{image.stem}: MDE {row['mde_m']:.1f} m")
+    if next(pred_iter, sentinel) is not sentinel:
+        raise ValueError(f"More predictions than records ({len(rows)} records)")
+    flat, breakdowns = summarise(rows)
+    if out_dir:
+        config = {"length_rule": length_rule, "allow_empty_true_front": allow_empty_true_front}
+        write_outputs(out_dir, flat, rows, breakdowns, config)
+    return EvaluationResult(flat, rows, breakdowns, time.perf_counter() - start)

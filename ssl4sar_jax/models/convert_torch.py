@@ -1,0 +1,555 @@
+"""PyTorch weight import/export for the SSL4SAR models (NumPy key mapping; torch only for files).
+
+Two checkpoint formats are read (model_and_training.md §4.5-§4.6):
+
+* **Microsoft SwinV2** (``swinv2_tiny_patch4_window16_256.pth``): ``{"model": state_dict}``
+  with keys such as ``layers.0.blocks.1.attn.qkv.weight``. Loaded into the encoder only;
+  ``norm.*``/``head.*`` (classifier), buffers (``relative_coords_table``,
+  ``relative_position_index``, ``attn_mask``) and shape-mismatched buffers are skipped and
+  listed in the report. The decoder keeps its initialisation.
+* **TYRION PyTorch-Lightning** (``*.ckpt``): ``{"state_dict": ...}`` with the network under
+  ``swin_unet.`` (decoder ``pred_target.{k}.block.*`` / ``pred_target.{k}.up.conv.*``, head
+  ``pred_target.6``) and, for pretraining runs, the heads ``decoder.*``,
+  ``last_model_decoder_layer.*``, ``patch_embed_after_decoder.*`` and ``mask_token``. Loaded
+  into the full model; the reference's dead weights (``temb_proj``, ``outputt``) and buffers
+  are skipped and listed.
+
+The mapping works on ``dict[str, np.ndarray]``: Linear ``(out, in)`` <-> Dense ``(in, out)``;
+Conv ``(out, in, kh, kw)`` <-> ``(kh, kw, in, out)``; ``logit_scale (h, 1, 1)`` <-> ``(h,)``;
+``mask_token (1, 1, D)`` <-> ``(D,)``. Missing or mis-shaped parameters raise a ValueError
+listing all of them unless ``partial=True`` (then the report lists what was left out).
+
+Command line::
+
+    python -m ssl4sar_jax.models.convert_torch import --format microsoft \\
+        --input swinv2_tiny_patch4_window16_256.pth --output imagenet_init.npz
+    python -m ssl4sar_jax.models.convert_torch import --format tyrion --objective segment \\
+        --input epoch=99.ckpt --output tyrion_finetuned.npz
+    python -m ssl4sar_jax.models.convert_torch export --input tyrion_finetuned.npz \\
+        --output tyrion_finetuned.pth
+
+The ``.npz`` files hold the NNX parameters keyed by ``/``-joined paths; load them with
+`load_params_npz`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ssl4sar_jax.models.config import ModelConfig, as_config
+
+FORMATS = ("microsoft", "tyrion")
+TYRION_PREFIX = "swin_unet."
+
+# Keys of the reference that have no counterpart here, with the reason they are skipped.
+_SKIP_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(^|\.)relative_coords_table$"), "buffer (recomputed from the config)"),
+    (re.compile(r"(^|\.)relative_position_index$"), "buffer (recomputed from the config)"),
+    (re.compile(r"(^|\.)attn_mask$"), "buffer (recomputed from the config)"),
+    (re.compile(r"\.temb_proj\."), "dead parameter in TYRION (temb is always None)"),
+    (re.compile(r"(^|\.)outputt\."), "dead parameter in TYRION (never used)"),
+    (re.compile(r"^(norm|head)\."), "ImageNet classifier (not part of the encoder)"),
+    (re.compile(r"(^|\.)absolute_pos_embed$"), "absolute position embedding (ape=False)"),
+)
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What a weight import did.
+
+    Attributes:
+        loaded: Checkpoint keys copied into the model.
+        missing: Model parameters (as checkpoint keys) absent from the checkpoint.
+        mismatched: ``(key, checkpoint_shape, expected_shape)`` of parameters with the wrong shape.
+        skipped: ``(key, reason)`` of known checkpoint entries without counterpart (buffers,
+            dead weights, classifier).
+        unexpected: Other checkpoint keys that were ignored.
+        left_out: Model parameters deliberately not loaded (outside the requested scope,
+            e.g. the decoder for an encoder-only import), as NNX paths.
+    """
+
+    loaded: list[str] = dataclasses.field(default_factory=list)
+    missing: list[str] = dataclasses.field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = dataclasses.field(
+        default_factory=list
+    )
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    unexpected: list[str] = dataclasses.field(default_factory=list)
+    left_out: list[str] = dataclasses.field(default_factory=list)
+    num_loaded_values: int = 0
+
+    def summary(self) -> str:
+        """Human-readable multi-line summary."""
+        lines = [
+            f"loaded {len(self.loaded)} tensors ({self.num_loaded_values:,} values)",
+            f"skipped {len(self.skipped)} known entries (buffers / dead weights / classifier)",
+        ]
+        for key, reason in self.skipped:
+            lines.append(f"  skipped {key}: {reason}")
+        for name, items in (
+            ("missing", self.missing),
+            ("unexpected (ignored)", self.unexpected),
+            ("left out (kept at init)", self.left_out),
+        ):
+            lines.append(f"{name}: {len(items)}")
+            lines += [f"  {k}" for k in items]
+        lines.append(f"mismatched: {len(self.mismatched)}")
+        lines += [f"  {k}: checkpoint {a} vs model {b}" for k, a, b in self.mismatched]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- key mapping
+def _component(value: Any) -> str:
+    return str(value)
+
+
+def segmenter_torch_key(path: tuple[Any, ...], num_decoder_blocks: int) -> str:
+    """Maps an `SSL4SARSegmenter` parameter path to its TYRION key (without ``swin_unet.``).
+
+    Args:
+        path: NNX path, e.g. ``("encoder", "layers", 0, "blocks", 1, "attn", "qkv", "kernel")``.
+        num_decoder_blocks: Decoder blocks before the head (6 for the paper configuration);
+            the head is ``pred_target.{num_decoder_blocks}``.
+
+    Returns:
+        The PyTorch key, e.g. ``layers.0.blocks.1.attn.qkv.weight``.
+    """
+    parts = [_component(p) for p in path]
+    leaf = {"kernel": "weight", "scale": "weight"}.get(parts[-1], parts[-1])
+    parts[-1] = leaf
+    if parts[0] == "encoder":
+        parts = parts[1:]
+    elif parts[0] == "decoder":
+        if parts[1] != "blocks":
+            raise KeyError(f"unknown decoder path {path}")
+        parts = ["pred_target"] + parts[2:]
+    elif parts[0] == "head":
+        parts = ["pred_target", str(num_decoder_blocks)] + parts[1:]
+    else:
+        raise KeyError(f"no PyTorch key for model path {path}")
+    key = ".".join(parts)
+    return key.replace("cpb_mlp_0.", "cpb_mlp.0.").replace("cpb_mlp_2.", "cpb_mlp.2.")
+
+
+_HEAD_KEYS = {
+    "reconstruct": "last_model_decoder_layer",
+    "translate": "last_model_decoder_layer",
+    "predict": "decoder",
+    "reembed": "patch_embed_after_decoder",
+}
+
+
+def model_torch_keys(model: nnx.Module) -> dict[tuple[Any, ...], str]:
+    """TYRION key (with ``swin_unet.`` where the reference has it) of every model parameter.
+
+    Works for `SSL4SARSegmenter` (keys ``swin_unet.*``) and the pretraining models (backbone
+    under ``swin_unet.*``, heads under their TYRION names).
+    """
+    config: ModelConfig = model.config
+    num_blocks = len(config.decoder_channels())
+    keys = {}
+    for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        if path[0] == "backbone":
+            keys[path] = TYRION_PREFIX + segmenter_torch_key(path[1:], num_blocks)
+        elif path[0] in _HEAD_KEYS:
+            parts = [_component(p) for p in path[1:]]
+            parts[-1] = {"kernel": "weight", "scale": "weight"}.get(parts[-1], parts[-1])
+            keys[path] = ".".join([_HEAD_KEYS[path[0]]] + parts)
+        elif path == ("mask_token",):
+            keys[path] = "mask_token"
+        else:
+            keys[path] = TYRION_PREFIX + segmenter_torch_key(path, num_blocks)
+    return keys
+
+
+def _is_encoder_path(path: tuple[Any, ...]) -> bool:
+    inner = path[1:] if path[0] == "backbone" else path
+    return inner[0] == "encoder"
+
+
+def torch_to_flax(key: str, value: np.ndarray, target_ndim: int) -> np.ndarray:
+    """Converts one PyTorch tensor to the NNX layout.
+
+    Args:
+        key: PyTorch key (decides the rule for ``logit_scale`` and ``mask_token``).
+        value: The tensor as a NumPy array.
+        target_ndim: Rank of the NNX parameter.
+
+    Returns:
+        The array in NNX layout (float32).
+    """
+    value = np.asarray(value, dtype=np.float32)
+    if key.endswith("logit_scale") or key.endswith("mask_token"):
+        return value.reshape(-1)
+    if value.ndim == 4 and target_ndim == 4:  # conv (O, I, kh, kw) -> (kh, kw, I, O)
+        return value.transpose(2, 3, 1, 0)
+    if value.ndim == 2 and target_ndim == 2:  # linear (O, I) -> (I, O)
+        return value.T
+    return value
+
+
+def flax_to_torch(key: str, value: np.ndarray) -> np.ndarray:
+    """Inverse of `torch_to_flax`."""
+    value = np.asarray(value, dtype=np.float32)
+    if key.endswith("logit_scale"):
+        return value.reshape(-1, 1, 1)
+    if key.endswith("mask_token"):
+        return value.reshape(1, 1, -1)
+    if value.ndim == 4:
+        return value.transpose(3, 2, 0, 1)
+    if value.ndim == 2:
+        return value.T
+    return value
+
+
+def _skip_reason(key: str) -> str | None:
+    for pattern, reason in _SKIP_RULES:
+        if pattern.search(key):
+            return reason
+    return None
+
+
+# ----------------------------------------------------------------------------- import
+def load_torch_state(
+    model: nnx.Module,
+    state: Mapping[str, np.ndarray],
+    *,
+    fmt: str = "tyrion",
+    partial: bool = False,
+) -> LoadReport:
+    """Copies a PyTorch state dict (NumPy values) into ``model`` in place.
+
+    Args:
+        model: `SSL4SARSegmenter`, `OptSimMIMModel` or `OptTranslatorModel`.
+        state: ``{torch_key: array}``; TYRION keys carry the ``swin_unet.`` prefix, Microsoft
+            keys none.
+        fmt: "tyrion" (whole model) or "microsoft" (encoder only; the rest is left out).
+        partial: Accept missing or mis-shaped parameters (they keep their current values and
+            are listed in the report) instead of raising.
+
+    Returns:
+        A `LoadReport`.
+
+    Raises:
+        ValueError: on an unknown format, or (unless ``partial``) with the full list of missing
+            and mis-shaped parameters; nothing is modified in that case.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown checkpoint format {fmt!r}; expected one of {FORMATS}")
+    report = LoadReport()
+    params = nnx.state(model, nnx.Param)
+    variables = dict(nnx.to_flat_state(params))
+    keys = model_torch_keys(model)
+    if fmt == "microsoft":
+        # The Microsoft checkpoint holds the encoder only, without the swin_unet. prefix.
+        wanted = {}
+        for path, key in keys.items():
+            if _is_encoder_path(path):
+                wanted[path] = key[len(TYRION_PREFIX) :]
+            else:
+                report.left_out.append("/".join(map(str, path)))
+    else:
+        wanted = dict(keys)
+        if "mask_token" in state and ("mask_token",) not in keys:
+            report.skipped.append(("mask_token", "frozen zero mask token (constant in this model)"))
+
+    updates: dict[tuple[Any, ...], np.ndarray] = {}
+    for path, key in wanted.items():
+        target = variables[path]
+        if key not in state:
+            report.missing.append(key)
+            continue
+        value = torch_to_flax(key, np.asarray(state[key]), target.ndim)
+        if value.shape != tuple(target.shape):
+            report.mismatched.append((key, tuple(np.shape(state[key])), tuple(target.shape)))
+            continue
+        updates[path] = value
+        report.loaded.append(key)
+        report.num_loaded_values += int(value.size)
+
+    used = set(wanted.values())
+    for key in state:
+        if key in used or key == "mask_token" and fmt == "tyrion" and ("mask_token",) not in keys:
+            continue
+        reason = _skip_reason(key[len(TYRION_PREFIX) :] if key.startswith(TYRION_PREFIX) else key)
+        if reason is not None:
+            report.skipped.append((key, reason))
+        else:
+            report.unexpected.append(key)
+
+    if (report.missing or report.mismatched) and not partial:
+        raise ValueError(
+            f"checkpoint ({fmt}) does not fit the model; pass partial=True to load anyway.\n"
+            + report.summary()
+        )
+    for path, value in updates.items():
+        variables[path].set_value(jnp.asarray(value, dtype=variables[path].dtype))
+    nnx.update(model, params)
+    return report
+
+
+def export_torch_state(model: nnx.Module, *, fmt: str = "tyrion") -> dict[str, np.ndarray]:
+    """Exports the model parameters as a PyTorch-layout state dict of NumPy arrays.
+
+    Args:
+        model: `SSL4SARSegmenter`, `OptSimMIMModel` or `OptTranslatorModel`.
+        fmt: "tyrion" (every parameter, TYRION keys) or "microsoft" (encoder only, keys
+            without prefix).
+
+    Returns:
+        ``{torch_key: float32 array}``. Buffers and TYRION's dead weights are not included,
+        so PyTorch must load it with ``strict=False``.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown checkpoint format {fmt!r}; expected one of {FORMATS}")
+    keys = model_torch_keys(model)
+    out = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        key = keys[path]
+        if fmt == "microsoft":
+            if not _is_encoder_path(path):
+                continue
+            key = key[len(TYRION_PREFIX) :]
+        out[key] = flax_to_torch(key, np.asarray(var[...]))
+    return out
+
+
+# ----------------------------------------------------------------------------- files
+def _atomic_target(path: str) -> tuple[int, str]:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    return tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+
+
+def read_torch_checkpoint(path: str, *, trust_pickle: bool = False) -> dict[str, np.ndarray]:
+    """Reads a ``.pth``/``.ckpt`` file into ``{key: np.ndarray}`` (needs torch).
+
+    Accepts Microsoft files (``{"model": sd}``), Lightning checkpoints (``{"state_dict": sd}``)
+    and bare state dicts.
+
+    Args:
+        path: File path.
+        trust_pickle: Allow arbitrary pickled objects (``weights_only=False``); needed for some
+            Lightning checkpoints that store non-tensor hyper-parameters. Only for trusted files.
+
+    Raises:
+        ValueError: if the file is missing or holds no tensor dict.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint file {path!r} does not exist")
+    try:
+        import torch
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "reading PyTorch checkpoints needs torch: pip install 'ssl4sar_jax[torch]'"
+        ) from err
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except Exception as err:
+        if trust_pickle:
+            raise
+        raise ValueError(
+            f"could not read {path!r} with weights_only=True ({err}); if the file is trusted, "
+            "retry with trust_pickle=True (--trust-pickle)"
+        ) from err
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    elif isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path!r} holds a {type(obj).__name__}, expected a state dict")
+    out = {}
+    for key, value in obj.items():
+        if isinstance(value, torch.Tensor):
+            out[str(key)] = value.detach().to(torch.float32).numpy()
+    if not out:
+        raise ValueError(f"{path!r} contains no tensors")
+    return out
+
+
+def write_torch_checkpoint(state: Mapping[str, np.ndarray], path: str, *, fmt: str) -> None:
+    """Writes a state dict with torch.save (``{"state_dict": ...}`` for TYRION,
+    ``{"model": ...}`` for Microsoft), atomically."""
+    import torch
+
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+    payload = {"state_dict": tensors} if fmt == "tyrion" else {"model": tensors}
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def params_to_flat_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+    """``{"encoder/layers/0/...": np.ndarray}`` of every parameter."""
+    return {
+        "/".join(map(str, path)): np.asarray(var[...])
+        for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
+
+
+def save_params_npz(model: nnx.Module, path: str, *, metadata: Mapping[str, Any] | None = None) -> None:
+    """Saves all parameters (and the config as JSON) to ``path`` (``.npz``), atomically."""
+    arrays = params_to_flat_dict(model)
+    meta = {"config": model.config.to_dict(), **(metadata or {})}
+    arrays["__metadata__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_params_npz(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Reads a file written by `save_params_npz`: ``(params by path, metadata)``."""
+    if not os.path.isfile(path):
+        raise ValueError(f"parameter file {path!r} does not exist")
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta_raw = arrays.pop("__metadata__", None)
+    meta = json.loads(meta_raw.tobytes().decode()) if meta_raw is not None else {}
+    return arrays, meta
+
+
+def load_params_npz(model: nnx.Module, path: str, *, partial: bool = False) -> LoadReport:
+    """Loads a `save_params_npz` file into ``model`` in place (matching NNX paths).
+
+    Raises:
+        ValueError: with the full list of missing / mis-shaped parameters unless ``partial``.
+    """
+    arrays, _ = read_params_npz(path)
+    return load_flat_dict(model, arrays, partial=partial)
+
+
+def load_flat_dict(
+    model: nnx.Module, arrays: Mapping[str, np.ndarray], *, partial: bool = False
+) -> LoadReport:
+    """Loads ``{"a/b/c": array}`` (NNX paths) into ``model``; see `load_params_npz`.
+
+    A segmenter checkpoint loads into a pretraining model's ``backbone`` and vice versa
+    (``backbone/`` prefixes are added or stripped as needed).
+    """
+    report = LoadReport()
+    params = nnx.state(model, nnx.Param)
+    variables = {"/".join(map(str, p)): v for p, v in nnx.to_flat_state(params)}
+    has_backbone = any(k.startswith("backbone/") for k in variables)
+    src_backbone = any(k.startswith("backbone/") for k in arrays)
+    renamed = {}
+    for key, value in arrays.items():
+        if has_backbone and not src_backbone:
+            key = "backbone/" + key
+        elif src_backbone and not has_backbone:
+            if not key.startswith("backbone/"):
+                report.unexpected.append(key)
+                continue
+            key = key[len("backbone/") :]
+        renamed[key] = value
+    updates = {}
+    for key, var in variables.items():
+        if key not in renamed:
+            report.missing.append(key)
+            continue
+        value = np.asarray(renamed[key])
+        if value.shape != tuple(var.shape):
+            report.mismatched.append((key, value.shape, tuple(var.shape)))
+            continue
+        updates[key] = value
+        report.loaded.append(key)
+        report.num_loaded_values += int(value.size)
+    report.unexpected += sorted(set(renamed) - set(variables))
+    if (report.missing or report.mismatched) and not partial:
+        raise ValueError("parameters do not fit the model (partial=False):\n" + report.summary())
+    for key, value in updates.items():
+        variables[key].set_value(jnp.asarray(value, dtype=variables[key].dtype))
+    nnx.update(model, params)
+    return report
+
+
+# ----------------------------------------------------------------------------- CLI
+def _build(variant: str, objective: str, seed: int, overrides: Iterable[str]) -> nnx.Module:
+    from ssl4sar_jax.models.segmenter import build_model
+
+    fields: dict[str, Any] = {}
+    for item in overrides:
+        name, _, raw = item.partition("=")
+        try:
+            fields[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            fields[name] = raw
+    config = as_config(ModelConfig.named(variant, **fields))
+    return build_model(config, seed=seed, objective=objective)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ssl4sar_jax.models.convert_torch",
+        description="Convert SSL4SAR/SwinV2 PyTorch weights to ssl4sar_jax parameters and back.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("import", "export"):
+        p = sub.add_parser(name)
+        p.add_argument("--input", required=True)
+        p.add_argument("--output", required=True)
+        p.add_argument("--format", choices=FORMATS, default="tyrion")
+        p.add_argument("--variant", default="paper", help="ModelConfig.named variant")
+        p.add_argument(
+            "--objective",
+            default="segment",
+            choices=("segment", "opt_simmim", "opt_translator"),
+        )
+        p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                       help="ModelConfig overrides, e.g. pretrained_window_sizes=[16,16,16,8]")
+        p.add_argument("--seed", type=int, default=0, help="init seed of weights not in the file")
+    imp = sub.choices["import"]
+    imp.add_argument("--partial", action="store_true", help="allow missing/mis-shaped keys")
+    imp.add_argument("--trust-pickle", action="store_true", help="torch.load weights_only=False")
+    imp.add_argument("--report", help="write the load report as JSON here")
+    args = parser.parse_args(argv)
+
+    model = _build(args.variant, args.objective, args.seed, args.set)
+    if args.command == "import":
+        state = read_torch_checkpoint(args.input, trust_pickle=args.trust_pickle)
+        report = load_torch_state(model, state, fmt=args.format, partial=args.partial)
+        save_params_npz(model, args.output, metadata={"source": os.path.abspath(args.input),
+                                                      "format": args.format})
+        print(report.summary())
+        if args.report:
+            fd, tmp = _atomic_target(args.report)
+            with os.fdopen(fd, "w") as f:
+                json.dump(report.to_dict(), f, indent=1)
+            os.replace(tmp, args.report)
+        print(f"wrote {args.output}")
+    else:
+        load_params_npz(model, args.input)
+        write_torch_checkpoint(export_torch_state(model, fmt=args.format), args.output,
+                               fmt=args.format)
+        print(f"wrote {args.output} ({args.format} layout; load with strict=False)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""2-D convolution with an optional CPU-friendly backward pass.
+
+On the XLA CPU backend (jax 0.10) the kernel-gradient convolution of a 3x3 conv runs at
+roughly a sixth of the forward speed (measured ~21 vs ~128 GFLOP/s for 96->96 channels at
+2x256x256), while a plain matmul runs near peak. `conv2d_matmul_grad` is a `jax.custom_vjp`
+convolution whose forward pass and input gradient are XLA's own convolutions, and whose
+kernel gradient is computed as ``kh * kw`` shifted matmuls::
+
+    dK[i, j] = sum_{b, y, x} pad(x)[b, y + i, x + j, :]^T  g[b, y, x, :]     [Cin, Cout]
+
+This is the same sum XLA computes, in a different order, so the gradients agree to float32
+rounding. It only supports stride 1 with symmetric "same" padding (every 3x3 and 1x1 conv of
+the decoder). It is selected by `ModelConfig.conv_impl` ("auto" = CPU backend only).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def conv2d_xla(
+    x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0
+) -> jax.Array:
+    """Plain XLA convolution.
+
+    Args:
+        x: Input ``[B, H, W, Cin]``.
+        kernel: Kernel ``[kh, kw, Cin, Cout]``.
+        stride: Stride in both spatial directions.
+        padding: Zero padding on every side.
+
+    Returns:
+        ``[B, H', W', Cout]`` in the promoted dtype of ``x`` and ``kernel``.
+    """
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        dimension_numbers=_DIMENSION_NUMBERS,
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d_matmul_grad(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+    """Stride-1 convolution whose kernel gradient is a sum of shifted matmuls.
+
+    Args:
+        x: Input ``[B, H, W, Cin]``.
+        kernel: Kernel ``[kh, kw, Cin, Cout]`` with ``kh == kw == 2 * padding + 1``.
+        padding: Symmetric zero padding ("same" output size).
+
+    Returns:
+        ``[B, H, W, Cout]``; values and gradients equal `conv2d_xla` up to float32 rounding.
+    """
+    return conv2d_xla(x, kernel, 1, padding)
+
+
+def _fwd(x: jax.Array, kernel: jax.Array, padding: int):
+    return conv2d_xla(x, kernel, 1, padding), (x, kernel)
+
+
+def _bwd(padding: int, residuals, g: jax.Array):
+    x, kernel = residuals
+    # Input gradient: XLA's transposed convolution is already fast on CPU.
+    _, input_vjp = jax.vjp(lambda inp: conv2d_xla(inp, kernel, 1, padding), x)
+    (dx,) = input_vjp(g)
+    kh, kw, cin, cout = kernel.shape
+    height, width = g.shape[1], g.shape[2]
+    x_padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    g2 = g.reshape(-1, cout)
+    rows = []
+    for i in range(kh):
+        cols = []
+        for j in range(kw):
+            shifted = x_padded[:, i : i + height, j : j + width, :].reshape(-1, cin)
+            # [Cin, B*H*W] @ [B*H*W, Cout]: one large matmul per kernel tap.
+            cols.append(
+                lax.dot_general(
+                    shifted,
+                    g2,
+                    (((0,), (0,)), ((), ())),
+                    preferred_element_type=jnp.float32,
+                )
+            )
+        rows.append(jnp.stack(cols))
+    dk = jnp.stack(rows).astype(kernel.dtype)
+    return dx.astype(x.dtype), dk
+
+
+conv2d_matmul_grad.defvjp(_fwd, _bwd)
+
+
+def conv2d(
+    x: jax.Array,
+    kernel: jax.Array,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    matmul_grad: bool = False,
+) -> jax.Array:
+    """Convolution that dispatches to the CPU-friendly path where it applies.
+
+    Args:
+        x: Input ``[B, H, W, Cin]``.
+        kernel: Kernel ``[kh, kw, Cin, Cout]``.
+        stride: Stride in both directions.
+        padding: Zero padding on every side.
+        matmul_grad: Use `conv2d_matmul_grad` when the conv is stride 1 with "same" padding.
+
+    Returns:
+        ``[B, H', W', Cout]``.
+    """
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    same = stride == 1 and kh == kw == 2 * padding + 1
+    if matmul_grad and same:
+        return conv2d_matmul_grad(x, kernel, padding)
+    return conv2d_xla(x, kernel, stride, padding)

@@ -1,0 +1,166 @@
+"""Residual CNN decoder of TYRION/SSL4SAR (model_and_training.md §1.5), NHWC.
+
+Decoder in forward order for the paper configuration (``cat`` = channel concatenation
+``[decoder_features, skip]``, in that order):
+
+===  =====================  ================================  ===========
+idx  input                  block                             output
+===  =====================  ================================  ===========
+0    s3 768@16^2            ResnetBlock(768 -> 768)           768@16^2
+1    cat(out0, s3) 1536     ResnetBlock(1536 -> 384) + Up     384@32^2
+2    cat(out1, s2) 768      ResnetBlock(768 -> 192) + Up      192@64^2
+3    cat(out2, s1) 384      ResnetBlock(384 -> 96) + Up       96@128^2
+4    cat(out3, s0) 192      ResnetBlock(192 -> 96) + Up       96@256^2
+5    out4                   ResnetBlock(96 -> 96) + Up        96@512^2
+===  =====================  ================================  ===========
+
+TYRION hard-codes the 768 of block 0; here it is the last stage width
+(``embed_dim * 2**(stages-1)``), which is 768 for the paper configuration, so tiny test
+configurations work too. The unused ``temb_proj`` layers of the reference are left out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ssl4sar_jax.models.config import ModelConfig
+from ssl4sar_jax.models.layers import Conv2d, group_norm
+
+
+class ResnetBlock(nnx.Module):
+    """``shortcut(x) + conv2(drop(silu(gn2(conv1(silu(gn1(x)))))))``; ``[B, H, W, Cin] -> Cout``.
+
+    The shortcut is a 1x1 conv ("nin_shortcut") when ``Cin != Cout``, else the identity.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        dropout: float = 0.1,
+        dtype: Any = None,
+        matmul_grad: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        conv = dict(dtype=dtype, matmul_grad=matmul_grad, rngs=rngs)
+        self.norm1 = group_norm(in_channels, dtype=dtype, rngs=rngs)
+        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1, **conv)
+        self.norm2 = group_norm(out_channels, dtype=dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout)
+        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1, **conv)
+        self.nin_shortcut = (
+            Conv2d(in_channels, out_channels, 1, **conv) if in_channels != out_channels else None
+        )
+
+    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        h = jax.nn.silu(self.norm2(h))
+        h = self.dropout(h, deterministic=rngs is None, rngs=rngs)
+        h = self.conv2(h)
+        shortcut = self.nin_shortcut(x) if self.nin_shortcut is not None else x
+        return shortcut + h
+
+
+def upsample_nearest2x(x: jax.Array) -> jax.Array:
+    """Nearest-neighbour x2 (``F.interpolate(scale_factor=2, mode="nearest")``): ``[B,H,W,C] -> [B,2H,2W,C]``."""
+    b, h, w, c = x.shape
+    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+    return x.reshape(b, 2 * h, 2 * w, c)
+
+
+class Upsample(nnx.Module):
+    """Nearest x2 followed by a 3x3 conv (same channels)."""
+
+    def __init__(self, channels: int, *, dtype: Any = None, matmul_grad: bool = False, rngs: nnx.Rngs):
+        self.conv = Conv2d(
+            channels, channels, 3, padding=1, dtype=dtype, matmul_grad=matmul_grad, rngs=rngs
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.conv(upsample_nearest2x(x))
+
+
+class ResUpBlock(nnx.Module):
+    """ResnetBlock, optionally followed by `Upsample` (TYRION ``ResUpSampleBlock``)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        upsample: bool,
+        dropout: float,
+        dtype: Any = None,
+        matmul_grad: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        self.block = ResnetBlock(
+            in_channels,
+            out_channels,
+            dropout=dropout,
+            dtype=dtype,
+            matmul_grad=matmul_grad,
+            rngs=rngs,
+        )
+        self.up = (
+            Upsample(out_channels, dtype=dtype, matmul_grad=matmul_grad, rngs=rngs)
+            if upsample
+            else None
+        )
+
+    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        x = self.block(x, rngs=rngs)
+        return self.up(x) if self.up is not None else x
+
+
+class Decoder(nnx.Module):
+    """U-Net style residual decoder: skips ``[s0..s_{L-1}]`` -> ``[B, H, W, embed_dim]``."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.remat = config.remat
+        dtype = config.compute_dtype
+        common = dict(
+            dropout=config.decoder_dropout,
+            dtype=dtype,
+            matmul_grad=config.use_matmul_grad_conv(),
+            rngs=rngs,
+        )
+        blocks = [ResUpBlock(config.bottleneck_dim, config.bottleneck_dim, upsample=False, **common)]
+        for i in reversed(range(config.num_stages)):
+            dim = config.stage_dim(i)
+            out = dim // 2 if i != 0 else dim
+            blocks.append(ResUpBlock(2 * dim, out, upsample=True, **common))
+        for _ in range(config.num_extra_upsample_blocks):
+            blocks.append(
+                ResUpBlock(config.embed_dim, config.embed_dim, upsample=True, **common)
+            )
+        self.blocks = nnx.List(blocks)
+        self.num_stages = config.num_stages
+
+    def _run(self, block: ResUpBlock, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+        if self.remat:
+            return nnx.remat(lambda blk, inp, r: blk(inp, rngs=r))(block, x, rngs)
+        return block(x, rngs=rngs)
+
+    def __call__(self, skips: list[jax.Array], *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """Decodes the encoder skips.
+
+        Args:
+            skips: ``[s0, ..., s_{L-1}]``, s_i of shape ``[B, h/2^i, w/2^i, C_i]``.
+            rngs: Enables decoder dropout when given (``nnx.Rngs(dropout=key)``).
+
+        Returns:
+            ``[B, H, W, embed_dim]`` features at input resolution (before the class head).
+        """
+        x = self._run(self.blocks[0], skips[-1], rngs)
+        for k in range(1, self.num_stages + 1):
+            skip = skips[self.num_stages - k]
+            x = self._run(self.blocks[k], jnp.concatenate([x, skip.astype(x.dtype)], axis=-1), rngs)
+        for k in range(self.num_stages + 1, len(self.blocks)):
+            x = self._run(self.blocks[k], x, rngs)
+        return x

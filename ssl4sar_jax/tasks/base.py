@@ -1,0 +1,130 @@
+"""The task contract used by the one training loop (``ssl4sar_jax.train_lib``).
+
+A task says *what* is trained — model, loss, batch layout, data, validation — while the loop
+says *how* (sharding, accumulation, checkpointing, logging). Tasks never see the train step.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from ssl4sar_jax.models import ModelConfig, build_model
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
+    """The `ModelConfig` described by ``config.model`` (every field of the dataclass)."""
+    fields = config.model.to_dict()
+    for key, value in list(fields.items()):
+        if isinstance(value, list):
+            fields[key] = tuple(value)
+    try:
+        return ModelConfig.from_dict(fields)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"config.model is not a valid ModelConfig: {err}") from err
+
+
+class ValidationContext:
+    """What a task's validation may use (built by the loop for the current parameters).
+
+    Attributes:
+        predict_fn: numpy ``[N, S, S, 1]`` SAR tiles -> numpy ``[N, S, S, K]`` logits (eval mode).
+        eval_loss_fn: global batch dict -> dict of scalar loss metrics (eval mode, no dropout).
+        make_global_batch: per-process numpy batch -> global sharded arrays.
+        step: Current optimiser step.
+        out_dir: Directory for validation pictures of this step (or None).
+    """
+
+    def __init__(
+        self,
+        predict_fn: Callable[[np.ndarray], np.ndarray],
+        eval_loss_fn: Callable[[Batch], Mapping[str, float]],
+        make_global_batch: Callable[[Mapping[str, np.ndarray]], Batch],
+        step: int,
+        out_dir: str | None,
+    ):
+        self.predict_fn = predict_fn
+        self.eval_loss_fn = eval_loss_fn
+        self.make_global_batch = make_global_batch
+        self.step = step
+        self.out_dir = out_dir
+
+
+class Task(abc.ABC):
+    """One training objective.
+
+    Attributes:
+        name: Task name (``config.task``).
+        objective: Model builder objective (``"segment"``, ``"opt_simmim"``, ``"opt_translator"``).
+        selection_metric: Validation metric used for the best checkpoint.
+        selection_mode: ``"min"`` or ``"max"``.
+        plateau_metric: Validation metric driving reduce-on-plateau (None = constant LR).
+    """
+
+    name: str = ""
+    objective: str = "segment"
+    selection_metric: str = "val/loss"
+    selection_mode: str = "min"
+    plateau_metric: str | None = None
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.model_config = model_config_from(config)
+
+    # ------------------------------------------------------------------ model
+    def build_model(self, seed: int) -> nnx.Module:
+        """A freshly initialised model (called inside ``jax.jit`` / ``nnx.eval_shape``)."""
+        return build_model(self.model_config, seed=seed, objective=self.objective)
+
+    @abc.abstractmethod
+    def loss_fn(
+        self, model: nnx.Module, batch: Batch, dropout_key: jax.Array | None
+    ) -> tuple[jax.Array, Metrics]:
+        """Scalar loss and a flat dict of scalar metrics (``loss`` included) for one micro-batch.
+
+        ``dropout_key`` is None in evaluation mode (no dropout).
+        """
+
+    def predict(self, model: nnx.Module, sar: jax.Array) -> jax.Array:
+        """Evaluation-mode zone logits ``[N, S, S, K]`` for SAR tiles ``[N, S, S, 1]``."""
+        return model(sar)["logits"]
+
+    @abc.abstractmethod
+    def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """Shapes and dtypes of a (global) training batch of ``batch_size`` examples."""
+
+    # ------------------------------------------------------------------ data
+    @abc.abstractmethod
+    def prepare_data(self) -> dict[str, Any]:
+        """Open (and for synthetic configs, build) the dataset; ``{split: source}``.
+
+        Raises a clear error when the dataset is not prepared.
+        """
+
+    @abc.abstractmethod
+    def train_iterator(self, sources: Mapping[str, Any], seed: int) -> Iterator[dict]:
+        """Infinite per-process batch iterator with ``get_state()`` / ``set_state()``."""
+
+    @abc.abstractmethod
+    def validate(self, sources: Mapping[str, Any], ctx: ValidationContext) -> dict[str, float]:
+        """Validation metrics (keys prefixed ``val/``)."""
+
+    # ------------------------------------------------------------------ init
+    def init_allow_missing(self) -> tuple[str, ...]:
+        """Parameter path regexes that may stay fresh when initialising from another run."""
+        return tuple(self.config.init.get("allow_missing", ()))
+
+
+def data_dir_of(config: ml_collections.ConfigDict) -> str:
+    """``config.data.data_dir`` with ``~`` and environment variables expanded."""
+    return os.path.expanduser(os.path.expandvars(config.data.data_dir))

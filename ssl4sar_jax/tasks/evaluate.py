@@ -1,0 +1,132 @@
+"""The evaluate task: score fine-tuned checkpoint(s) on a CaFFe split (no training).
+
+``python -m ssl4sar_jax.main --config configs/evaluate.py --workdir OUT
+--config.checkpoints="('runs/ft1','runs/ft2')"`` loads each checkpoint into the model of
+``config.model`` (one member per checkpoint: an ensemble when several), predicts the split with
+overlapping (stride 128, Gaussian blending) or non-overlapping tiles, optionally with the 4
+rotations of test-time augmentation, and writes ``metrics.json``, ``per_image.csv`` and pictures
+through ``ssl4sar_jax.evaluation.evaluate_records`` into the workdir.
+
+Accepted checkpoints: a run workdir (its best checkpoint by default, ``config.which``), a
+checkpoint step directory, or an ``.npz`` written by ``ssl4sar_jax.models.convert_torch``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from ssl4sar_jax import checkpointing
+from ssl4sar_jax import sharding as sharding_lib
+from ssl4sar_jax.models import build_model
+from ssl4sar_jax.tasks.base import model_config_from
+from ssl4sar_jax.tasks.finetune import prepare_sources
+
+
+def _load_member(path: str, template: dict[str, Any], which: str) -> dict[str, Any]:
+    """Parameters of one ensemble member as a pure dict shaped like ``template``."""
+    path = os.path.expanduser(path)
+    if path.endswith(".npz"):
+        from ssl4sar_jax.models import convert_torch
+
+        flat, _ = convert_torch.read_params_npz(path)
+    else:
+        flat = checkpointing.read_params(path, which=which)
+    params, _ = checkpointing.transfer_params(
+        template, flat, source_name=f"checkpoint {path}"
+    )
+    return params
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Run the evaluation described by ``config``; returns the flat metrics dict."""
+    if not config.checkpoints:
+        raise ValueError(
+            "config.checkpoints is empty: pass the fine-tuning workdir(s), e.g. "
+            "--config.checkpoints=\"('/tmp/ft_demo',)\""
+        )
+    t0 = time.perf_counter()
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    model_config = model_config_from(config)
+    context = int(config.context_size)
+    if model_config.img_size != context:
+        raise ValueError(
+            f"config.model.img_size ({model_config.img_size}) must equal config.context_size "
+            f"({context})"
+        )
+    sources = prepare_sources(config, "caffe")
+    if config.split not in sources:
+        raise ValueError(f"config.split {config.split!r} not in the dataset: {sorted(sources)}")
+    source = sources[config.split]
+
+    mesh = sharding_lib.make_mesh([tuple(a) for a in config.mesh])
+    model = build_model(model_config, seed=0, objective="segment")
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    template = jax.device_get(params.to_pure_dict())
+    rest = rest.to_pure_dict()
+    batch_sh = sharding_lib.batch_sharding(mesh)
+    repl = sharding_lib.replicated(mesh)
+
+    @jax.jit
+    def predict(p, r, sar):
+        return nnx.merge(graphdef, p, r)(sar)["logits"]
+
+    from ssl4sar_jax.train_lib import numpy_predictor
+
+    predict_fns = []
+    for path in config.checkpoints:
+        member = jax.device_put(_load_member(path, template, config.which), repl)
+        predict_fns.append(
+            numpy_predictor(
+                jax.jit(predict, in_shardings=(repl, repl, batch_sh), out_shardings=batch_sh),
+                member, jax.device_put(rest, repl), mesh, config.batch_size,
+            )
+        )
+        logging.info("loaded ensemble member %s", path)
+
+    from ssl4sar_jax.evaluation import evaluate_records
+
+    count = len(source) if config.max_images <= 0 else min(len(source), config.max_images)
+    result = evaluate_records(
+        predict_fns,
+        (source[i] for i in range(count)),
+        context=context,
+        centre=int(config.centre_size),
+        stride=int(config.stride),
+        stitch_mode=config.stitch_mode or None,
+        tta=bool(config.tta),
+        batch_size=int(config.batch_size),
+        out_dir=workdir,
+        length_rule=config.length_rule,
+        allow_empty_true_front=True,
+        max_overlays=None if config.max_overlays < 0 else config.max_overlays,
+        num_records=count,
+    )
+    metrics = {k: float(v) for k, v in result.metrics.items()}
+    info = {
+        "checkpoints": list(config.checkpoints),
+        "split": config.split,
+        "tta": bool(config.tta),
+        "stride": int(config.stride),
+        "num_images": count,
+        "seconds": time.perf_counter() - t0,
+    }
+    tmp = os.path.join(workdir, "evaluate_info.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(info, f, indent=2)
+    os.replace(tmp, os.path.join(workdir, "evaluate_info.json"))
+    logging.info(
+        "%s: MDE %.1f m, IoU %.3f over %d images (%.1f s)", config.split,
+        metrics.get("front/mde_m", np.nan), metrics.get("zones/iou_mean", np.nan), count,
+        info["seconds"],
+    )
+    return metrics

@@ -1,0 +1,150 @@
+"""CaFFe zone-segmentation fine-tuning (TYRION ``TyrionWrapper``, `model_and_training.md` §3).
+
+Loss: ``0.5·CE(centre) + 0.5·CE(context) + 0.5·Dice(centre) + 0.5·Dice(context)`` on the context
+logits and their central crop. Validation: the validation images are tiled (non-overlapping,
+stride = centre, as the reference's ``PatchDataSet``), stitched, post-processed into fronts and
+scored by ``ssl4sar_jax.evaluation`` — val MDE (model selection, lower is better) and IoU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+from flax import nnx
+
+from ssl4sar_jax import losses
+from ssl4sar_jax.tasks import base
+
+# Value the reference logs for an undefined val MDE (no image with a predicted front).
+UNDEFINED_MDE = 7777.0
+
+
+def _sampler_kwargs(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"config.data.sampler has keys {unknown} unknown to {cls.__name__}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+def prepare_sources(config, dataset_name: str) -> dict[str, Any]:
+    """Open the TFDS dataset of ``config.data``; build it first if allowed (synthetic data).
+
+    Raises:
+        FileNotFoundError: with the command to run, when the dataset is not prepared.
+    """
+    from ssl4sar_jax import data
+
+    data_dir = base.data_dir_of(config)
+    kwargs = dict(config=config.data.config, data_dir=data_dir)
+    if config.data.get("manual_dir"):
+        kwargs["manual_dir"] = config.data.manual_dir
+    if not config.data.get("prepare", True) and hasattr(data, "is_prepared"):
+        if not data.is_prepared(dataset_name, config=config.data.config, data_dir=data_dir):
+            raise FileNotFoundError(
+                f"Dataset {dataset_name}/{config.data.config} is not prepared in {data_dir}. "
+                "Prepare it (see docs/data.md), or run with --config.data.prepare=True "
+                "(and --config.data.manual_dir=<folder with the raw archive> for real data)."
+            )
+    try:
+        return data.prepare(dataset_name, **kwargs)
+    except Exception as err:  # the data layer's own message says what is wrong
+        raise FileNotFoundError(
+            f"Could not open or prepare {dataset_name}/{config.data.config} in {data_dir}: {err}. "
+            "For the real datasets set --config.data.manual_dir to the folder with the "
+            "downloaded archive (docs/data.md); for a demo use config 'synthetic'."
+        ) from err
+
+
+class FinetuneTask(base.Task):
+    """Zone segmentation on CaFFe context/centre patches."""
+
+    name = "finetune"
+    objective = "segment"
+    selection_metric = "val/front/mde_m"
+    selection_mode = "min"
+    plateau_metric = None  # constant LR (reference)
+
+    def __init__(self, config):
+        super().__init__(config)
+        sampler = config.data.sampler
+        self.context = int(sampler.context_size)
+        self.centre = int(sampler.centre_size)
+        if self.model_config.img_size != self.context:
+            raise ValueError(
+                f"config.model.img_size ({self.model_config.img_size}) must equal "
+                f"config.data.sampler.context_size ({self.context})"
+            )
+
+    def loss_fn(self, model: nnx.Module, batch, dropout_key):
+        rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
+        logits = model(batch["sar"], rngs=rngs)["logits"]
+        loss_cfg = self.config.loss
+        return losses.finetune_loss(
+            logits,
+            batch["zones"],
+            centre_size=self.centre,
+            ce_weights=tuple(loss_cfg.ce_weights),
+            dice_weights=tuple(loss_cfg.dice_weights),
+            label_smoothing=loss_cfg.label_smoothing,
+            smoothing_mode=loss_cfg.smoothing_mode,
+            dice_group_size=loss_cfg.dice_group_size,
+        )
+
+    def batch_spec(self, batch_size):
+        size = self.context
+        return {
+            "sar": jax.ShapeDtypeStruct((batch_size, size, size, 1), jnp.float32),
+            "zones": jax.ShapeDtypeStruct((batch_size, size, size), jnp.int32),
+        }
+
+    def prepare_data(self):
+        return prepare_sources(self.config, "caffe")
+
+    def train_iterator(self, sources, seed) -> Iterator[dict]:
+        from ssl4sar_jax import data
+
+        sampler = data.FinetuneSamplerConfig(
+            **_sampler_kwargs(data.FinetuneSamplerConfig, self.config.data.sampler.to_dict())
+        )
+        return data.make_finetune_iterator(
+            sources[self.config.data.train_split],
+            global_batch_size=self.config.batch_size,
+            seed=seed,
+            sampler=sampler,
+        )
+
+    def validate(self, sources, ctx: base.ValidationContext) -> dict[str, float]:
+        from ssl4sar_jax.evaluation import evaluate_records
+
+        val = self.config.val
+        source = sources[self.config.data.val_split]
+        count = len(source) if val.max_images <= 0 else min(len(source), val.max_images)
+        records = (source[i] for i in range(count))
+        result = evaluate_records(
+            ctx.predict_fn,
+            records,
+            context=self.context,
+            centre=self.centre,
+            stride=val.stride or self.centre,
+            tta=False,
+            batch_size=val.batch_size,
+            out_dir=ctx.out_dir,
+            max_overlays=val.num_overlays,
+            num_records=count,
+            allow_empty_true_front=True,
+            verbose=False,
+        )
+        metrics = {f"val/{k}": float(v) for k, v in result.metrics.items()}
+        mde = metrics.get("val/front/mde_m", math.nan)
+        if not math.isfinite(mde):
+            logging.info("val MDE undefined (no predicted front); logged as %s", UNDEFINED_MDE)
+            metrics["val/front/mde_m"] = UNDEFINED_MDE
+        return metrics
+

@@ -1,0 +1,196 @@
+"""End-to-end runner tests on records built here (independent of the data pipeline code)."""
+
+import csv
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from ssl4sar_jax.constants import GLACIER, NA, OCEAN, ROCK
+from ssl4sar_jax.evaluation import evaluate_records, evaluate_zone_predictions, parse_record
+from ssl4sar_jax.evaluation.postprocess import front_from_zones
+
+# The fake model reads the class back from the SAR grey value.
+GREY_STEP = 60
+
+
+def _zones(height, width, front_col, wave=0.0):
+    zones = np.full((height, width), GLACIER, np.uint8)
+    rows = np.arange(height)
+    boundary = front_col + np.round(wave * np.sin(rows / 9.0)).astype(int)
+    cols = np.arange(width)[None, :]
+    zones[cols >= boundary[:, None]] = OCEAN
+    zones[:, :15] = ROCK
+    zones[:8] = NA
+    return zones
+
+
+def _record(stem, zones, *, sar_zones=None, bytes_text=False, with_season=True):
+    height, width = zones.shape
+    sar = (sar_zones if sar_zones is not None else zones).astype(np.uint8) * GREY_STEP
+    glacier, date, sensor, res = stem.split("_")[:4]
+    text = (lambda s: s.encode()) if bytes_text else (lambda s: s)
+    record = {
+        "sar": sar[..., None],
+        "zones": zones,
+        "front": front_from_zones(zones).astype(np.uint8),
+        # left-upper, left-lower, right-lower, right-upper: the whole image.
+        "bbox": np.array([[0, height], [0, 0], [width, 0], [width, height]], np.float32),
+        "glacier": text(glacier),
+        "date": text(date),
+        "sensor": text(sensor),
+        "resolution_m": np.int32(res),
+        "stem": text(stem),
+    }
+    if with_season:
+        record["season"] = text("winter")
+    return record
+
+
+def oracle_predict(tiles):
+    """One-hot logits of the class encoded in the SAR grey value: ``[N, h, w, 1] -> [N, h, w, 4]``."""
+    classes = np.clip(np.round(tiles[..., 0] * 255.0 / GREY_STEP), 0, 3).astype(int)
+    return (np.eye(4, dtype=np.float32)[classes] * 10.0).astype(np.float32)
+
+
+def _records():
+    return [
+        _record("COL_2015-12-18_TDX_7_1_094", _zones(150, 170, 90, wave=10)),
+        _record("Mapple_2008-06-02_S1_12_2_009", _zones(97, 130, 60), bytes_text=True),
+        _record("COL_2011-07-01_S1_20_3_100", _zones(120, 88, 40, wave=4), with_season=False),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stride", "mode", "tta"),
+    [(32, "plain", False), (16, "gaussian", False), (16, "gaussian", True)],
+)
+def test_oracle_prediction_is_perfect(stride, mode, tta):
+    result = evaluate_records(
+        [oracle_predict],
+        _records(),
+        context=64,
+        centre=32,
+        stride=stride,
+        stitch_mode=mode,
+        tta=tta,
+        batch_size=16,
+        verbose=False,
+    )
+    m = result.metrics
+    assert m["front/mde_m"] == 0.0
+    assert m["front/missing_fronts"] == 0
+    assert m["front/num_images"] == 3
+    assert m["zones/iou_mean"] == pytest.approx(1.0)
+    assert m["zones/f1_glacier"] == pytest.approx(1.0)
+    assert [row["passes"] for row in result.per_image] == [4 if tta else 1] * 3
+    assert result.per_image[2]["season"] == "summer"  # COL, July, northern hemisphere rule
+    assert set(result.breakdowns["sensor"]) == {"TSX/TDX", "S1"}
+
+
+def test_one_pixel_shift_gives_resolution_as_mde(tmp_path):
+    true = _zones(150, 120, 61)  # 142 px of front >= 125 px (6 m)
+    shifted = _zones(150, 120, 60)  # predicted ocean starts one column earlier
+    records = [_record("Mapple_2010-01-05_TSX_6_1_001", true, sar_zones=shifted)]
+    out_dir = str(tmp_path / "eval")
+    result = evaluate_records(
+        oracle_predict,
+        records,
+        context=64,
+        centre=32,
+        stride=16,
+        tta=True,
+        batch_size=64,
+        out_dir=out_dir,
+        verbose=False,
+    )
+    # Straight vertical fronts one column apart: every distance is 1 px = 6 m.
+    assert result.metrics["front/mde_m"] == pytest.approx(6.0)
+    assert result.metrics["zones/iou_glacier"] < 1.0
+    for name in ("metrics.json", "per_image.csv", "summary.png"):
+        assert os.path.getsize(os.path.join(out_dir, name)) > 0
+    stem = "Mapple_2010-01-05_TSX_6_1_001"
+    assert os.path.exists(os.path.join(out_dir, "overlays", f"{stem}.png"))
+    assert os.path.exists(os.path.join(out_dir, "uncertainty", f"{stem}.png"))
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        saved = json.load(f)
+    assert saved["metrics"]["front/mde_m"] == pytest.approx(6.0)
+    assert saved["breakdowns"]["glacier"]["Mapple"]["mde_m"] == pytest.approx(6.0)
+    with open(os.path.join(out_dir, "per_image.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["stem"] == stem
+    assert not [p for p in os.listdir(out_dir) if p.startswith(".tmp_")]
+
+
+def test_no_predicted_front_is_counted_missing():
+    def all_glacier(tiles):
+        logits = np.zeros((*tiles.shape[:3], 4), np.float32)
+        logits[..., GLACIER] = 1.0
+        return logits
+
+    result = evaluate_records(
+        all_glacier, _records()[:2], context=32, centre=16, stride=16, verbose=False
+    )
+    assert math.isnan(result.metrics["front/mde_m"])
+    assert result.metrics["front/missing_fronts"] == 2
+
+
+def test_saved_predictions_path_matches():
+    records = _records()
+    preds = [r["zones"] for r in records]
+    result = evaluate_zone_predictions(preds, records, verbose=False)
+    assert result.metrics["front/mde_m"] == 0.0
+    with pytest.raises(ValueError, match="more predictions|More predictions"):
+        evaluate_zone_predictions(preds + preds[:1], records, verbose=False)
+
+
+def test_mismatched_prediction_shape_names_image():
+    records = _records()[:1]
+    with pytest.raises(ValueError, match="COL_2015-12-18_TDX_7_1_094: prediction shape"):
+        evaluate_zone_predictions([np.zeros((10, 10), np.uint8)], records, verbose=False)
+
+
+def test_empty_true_front_raises_unless_allowed():
+    record = _records()[1]
+    record["front"] = np.zeros_like(record["front"])
+    with pytest.raises(ValueError, match="Mapple_2008-06-02_S1_12_2_009: the ground-truth front"):
+        parse_record(record)
+    result = evaluate_zone_predictions(
+        [record["zones"]], [record], allow_empty_true_front=True, verbose=False
+    )
+    assert result.metrics["front/missing_fronts"] == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("glacier", "Helheim", "unknown glacier 'Helheim'"),
+        ("sensor", "LANDSAT", "unknown sensor 'LANDSAT'"),
+    ],
+)
+def test_unknown_metadata_names_image(key, value, message):
+    record = _records()[0]
+    record[key] = value
+    with pytest.raises(ValueError, match=f"COL_2015-12-18_TDX_7_1_094: {message}"):
+        parse_record(record)
+
+
+def test_metadata_parsed_from_stem_when_missing():
+    record = _records()[0]
+    for key in ("glacier", "sensor", "resolution_m", "date", "season"):
+        del record[key]
+    image = parse_record(record)
+    assert (image.glacier, image.sensor, image.resolution_m) == ("COL", "TDX", 7)
+    assert image.season == "winter"  # December, north
+    record["stem"] = "XYZ_2015-12-18_TDX_7_1_094"
+    with pytest.raises(ValueError, match="XYZ_2015-12-18_TDX_7_1_094: unknown glacier"):
+        parse_record(record)
+
+
+def test_label_shape_mismatch_names_image():
+    record = _records()[0]
+    record["front"] = record["front"][:-1]
+    with pytest.raises(ValueError, match="COL_2015-12-18_TDX_7_1_094: shapes differ"):
+        parse_record(record)
