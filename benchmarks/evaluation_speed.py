@@ -13,6 +13,7 @@ breakdowns. Not timed: building the synthetic arrays (they stand in for reading 
 
 Usage:
     PYTHONPATH=. python benchmarks/evaluation_speed.py [--scale 1.0] [--images 122] [--out-dir D]
+    PYTHONPATH=. python benchmarks/evaluation_speed.py --stitch   # tiling/stitching overhead
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import time
 import numpy as np
 
 from ssl4sar_jax.constants import GLACIER, NA, OCEAN, ROCK
+from ssl4sar_jax.evaluation.ensemble import predict_probabilities
 from ssl4sar_jax.evaluation.postprocess import front_from_zones
 from ssl4sar_jax.evaluation.runner import evaluate_image, parse_record, summarise, write_outputs
+from ssl4sar_jax.evaluation.tiling import make_layout
 
 # (glacier, sensor, resolution_m, count, (height, width)); sizes assumed, see the docstring.
 TEST_SPLIT = [
@@ -65,12 +68,40 @@ def synthetic_pair(height: int, width: int, seed: int) -> tuple[np.ndarray, np.n
     return zones, pred
 
 
+def stitch_overhead(height: int = 3561, width: int = 4476) -> None:
+    """Times the model-free part of one stitched pass of the largest image, both modes."""
+    image = np.random.default_rng(0).random((height, width, 1), dtype=np.float32)
+
+    def trivial_model(tiles: np.ndarray) -> np.ndarray:
+        return np.concatenate([tiles, -tiles, tiles * 0.5, 1 - tiles], axis=-1)
+
+    for stride, mode in ((256, "plain"), (128, "gaussian")):
+        layout = make_layout((height, width), context=512, centre=256, stride=stride)
+        start = time.perf_counter()
+        predict_probabilities(
+            trivial_model, image, context=512, centre=256, stride=stride, stitch_mode=mode
+        )
+        seconds = time.perf_counter() - start
+        print(
+            f"stitching {height}x{width}, stride {stride} ({mode}), {layout.num_tiles} tiles: "
+            f"{seconds:.1f} s ({layout.num_tiles / seconds:.0f} tiles/s, model excluded)"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="Image size factor")
     parser.add_argument("--images", type=int, default=122, help="Stop after this many images")
     parser.add_argument("--out-dir", default=None, help="Also write metrics.json, CSV, summary.png")
+    parser.add_argument(
+        "--stitch",
+        action="store_true",
+        help="Instead: time tiling + softmax + stitching of one 3561x4476 image (trivial model)",
+    )
     args = parser.parse_args(argv)
+    if args.stitch:
+        stitch_overhead()
+        return
 
     rows, timed, pixels, index = [], 0.0, 0, 0
     start_all = time.perf_counter()

@@ -50,7 +50,7 @@ def _record(stem, zones, *, sar_zones=None, bytes_text=False, with_season=True):
 
 
 def oracle_predict(tiles):
-    """One-hot logits of the class encoded in the SAR grey value: ``[N, h, w, 1] -> [N, h, w, 4]``."""
+    """Logits of the class encoded in the SAR grey value: ``[N, h, w, 1] -> [N, h, w, 4]``."""
     classes = np.clip(np.round(tiles[..., 0] * 255.0 / GREY_STEP), 0, 3).astype(int)
     return (np.eye(4, dtype=np.float32)[classes] * 10.0).astype(np.float32)
 

@@ -171,3 +171,13 @@ def test_jitted_jax_predict_fn_sees_one_batch_shape():
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
     # The last class has the largest logit wherever the SAR is positive.
     assert (probs.argmax(-1)[image[..., 0] > 0.05] == 3).all()
+
+
+def test_softmax_matches_reference_formula():
+    from ssl4sar_jax.evaluation.ensemble import softmax
+
+    logits = np.random.default_rng(2).normal(size=(3, 5, 6, 4)).astype(np.float32) * 30
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    np.testing.assert_allclose(softmax(logits), expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(softmax(logits[..., :2], axis=-1).sum(-1), 1.0, atol=1e-6)

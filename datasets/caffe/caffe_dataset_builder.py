@@ -28,7 +28,7 @@ from etils import epath
 from PIL import Image
 
 from ssl4sar_jax.data import caffe_files
-from ssl4sar_jax.data.synthetic import SyntheticCaffeSpec, generate_caffe
+from ssl4sar_jax.data.synthetic_specs import SyntheticCaffeSpec
 
 _URL = "https://download.pangaea.de/dataset/940950/files/data_raw.zip"
 _HOMEPAGE = "https://doi.pangaea.de/10.1594/PANGAEA.940950"
@@ -42,9 +42,16 @@ fronts and front bounding boxes. One example per full image; metadata parsed fro
 
 @dataclasses.dataclass(eq=False)
 class CaffeConfig(tfds.core.BuilderConfig):
-    """Config: `synthetic` set -> generate offline data with that spec; None -> real archive."""
+    """Builder config.
+
+    Attributes:
+        synthetic: generate offline data with this spec; None -> the real archive / manual_dir.
+        check_counts: for real data, require 559/122 images and the per-glacier counts of §1.6
+            (turn off only to build a subset, e.g. the builder test over ``dummy_data/``).
+    """
 
     synthetic: SyntheticCaffeSpec | None = None
+    check_counts: bool = True
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -70,7 +77,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             synthetic=SyntheticCaffeSpec(seed=0),
         ),
     ]
-    DEFAULT_CONFIG_NAME = "synthetic"
+    DEFAULT_BUILDER_CONFIG_NAME = "synthetic"
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     For config `full`: put `data_raw.zip` from {_URL} (PANGAEA 940950, CC-BY-4.0), or the extracted
     `data_raw/` folder (sar_images/, zones/, fronts/, bounding_boxes/), into the manual_dir. Without
@@ -78,8 +85,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """
 
     def __init__(self, *, file_format: str | None = None, **kwargs):
-        # ArrayRecord by default: it is written and read without TensorFlow.
-        super().__init__(file_format=file_format or "array_record", **kwargs)
+        super().__init__(file_format=file_format, **kwargs)
+        # ArrayRecord by default: it is written and read without TensorFlow. A dataset already
+        # prepared on disk keeps its own format (e.g. TFRecord for `tfds.load`).
+        if file_format is None and not self.is_prepared():
+            self.info.set_file_format("array_record", override=True)
 
     def _info(self) -> tfds.core.DatasetInfo:
         zlib = tfds.features.Encoding.ZLIB
@@ -88,8 +98,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             features=tfds.features.FeaturesDict(
                 {
                     "sar": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-                    "zones": tfds.features.Tensor(shape=(None, None), dtype=np.uint8, encoding=zlib),
-                    "front": tfds.features.Tensor(shape=(None, None), dtype=np.uint8, encoding=zlib),
+                    "zones": tfds.features.Tensor(
+                        shape=(None, None), dtype=np.uint8, encoding=zlib
+                    ),
+                    "front": tfds.features.Tensor(
+                        shape=(None, None), dtype=np.uint8, encoding=zlib
+                    ),
                     "bbox": tfds.features.Tensor(shape=(4, 2), dtype=np.float32),
                     "glacier": tfds.features.Text(),
                     "date": tfds.features.Text(),
@@ -109,6 +123,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         spec = self.builder_config.synthetic
         if spec is not None:
             out = Path(dl_manager.download_dir) / f"synthetic_caffe_{self.builder_config.name}"
+            from ssl4sar_jax.data.synthetic import generate_caffe  # numpy/scipy renderer
+
             return generate_caffe(out, spec)
         manual = None
         try:
@@ -125,8 +141,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         root = self._data_raw_root(dl_manager)
-        if self.builder_config.synthetic is None:
-            expected_splits = {"train": caffe_files.CAFFE_NUM_TRAIN, "test": caffe_files.CAFFE_NUM_TEST}
+        if self.builder_config.synthetic is None and not self.builder_config.check_counts:
+            expected_splits, expected_glaciers = None, None
+        elif self.builder_config.synthetic is None:
+            expected_splits = {
+                "train": caffe_files.CAFFE_NUM_TRAIN,
+                "test": caffe_files.CAFFE_NUM_TEST,
+            }
             expected_glaciers = caffe_files.CAFFE_GLACIER_COUNTS
         else:
             counts = self.builder_config.synthetic.glacier_counts()
@@ -152,17 +173,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         for item in items:
             sar, zones, front = caffe_files.read_item_arrays(item)
             n = item.name
-            yield n.stem, {
-                "sar": png_bytes(sar),
-                "zones": zones,
-                "front": front,
-                "bbox": item.bbox,
-                "glacier": n.glacier,
-                "date": n.date,
-                "sensor": n.sensor,
-                "resolution_m": n.resolution_m,
-                "quality_factor": n.quality_factor,
-                "orbit": n.orbit,
-                "stem": n.stem,
-                "season": n.season,
-            }
+            yield (
+                n.stem,
+                {
+                    "sar": png_bytes(sar),
+                    "zones": zones,
+                    "front": front,
+                    "bbox": item.bbox,
+                    "glacier": n.glacier,
+                    "date": n.date,
+                    "sensor": n.sensor,
+                    "resolution_m": n.resolution_m,
+                    "quality_factor": n.quality_factor,
+                    "orbit": n.orbit,
+                    "stem": n.stem,
+                    "season": n.season,
+                },
+            )

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
+from ssl4sar_jax.builders.caffe.caffe_dataset_builder import png_bytes
 
 from ssl4sar_jax.constants import NUM_OPTICAL_BANDS
 from ssl4sar_jax.data import ssl4sar_files
 from ssl4sar_jax.data.caffe_files import read_gray_png
-from ssl4sar_jax.data.synthetic import SyntheticSSL4SARSpec, generate_ssl4sar
-from ssl4sar_jax.builders.caffe.caffe_dataset_builder import png_bytes
+from ssl4sar_jax.data.synthetic_specs import SyntheticSSL4SARSpec
 
 _HOMEPAGE = "https://doi.org/10.5281/zenodo.14748506"
 _DESCRIPTION = """
@@ -58,7 +58,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             synthetic=SyntheticSSL4SARSpec(seed=0),
         ),
     ]
-    DEFAULT_CONFIG_NAME = "synthetic"
+    DEFAULT_BUILDER_CONFIG_NAME = "synthetic"
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Download the SSL4SAR data (Zenodo 14748506) and extract it into the manual_dir so that it holds
     `unlabeled_data_raw_train/*.png`, `unlabeled_data_raw_val/*.png` (glacier = 2nd '_' field of the
@@ -68,7 +68,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """
 
     def __init__(self, *, file_format: str | None = None, **kwargs):
-        super().__init__(file_format=file_format or "array_record", **kwargs)
+        super().__init__(file_format=file_format, **kwargs)
+        # ArrayRecord by default: it is written and read without TensorFlow. A dataset already
+        # prepared on disk keeps its own format (e.g. TFRecord for `tfds.load`).
+        if file_format is None and not self.is_prepared():
+            self.info.set_file_format("array_record", override=True)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -93,6 +97,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         spec = self.builder_config.synthetic
         if spec is not None:
             out = Path(dl_manager.download_dir) / f"synthetic_ssl4sar_{self.builder_config.name}"
+            from ssl4sar_jax.data.synthetic import generate_ssl4sar  # numpy/scipy renderer
+
             return generate_ssl4sar(out, spec)
         return Path(dl_manager.manual_dir)
 
@@ -109,10 +115,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             if item.optical_path not in cache:  # one per glacier (14 on the real data)
                 cache[item.optical_path] = ssl4sar_files.read_optical(item.optical_path)
             sar = read_gray_png(item.path.read_bytes(), str(item.path))
-            yield item.stem, {
-                "sar": png_bytes(sar),
-                "optical": cache[item.optical_path],
-                "glacier": item.glacier,
-                "stem": item.stem,
-                "date": item.date,
-            }
+            yield (
+                item.stem,
+                {
+                    "sar": png_bytes(sar),
+                    "optical": cache[item.optical_path],
+                    "glacier": item.glacier,
+                    "stem": item.stem,
+                    "date": item.date,
+                },
+            )

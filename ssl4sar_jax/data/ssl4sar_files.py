@@ -27,7 +27,10 @@ from ssl4sar_jax.data.caffe_files import read_gray_png
 
 SPLIT_FOLDERS = {"train": "unlabeled_data_raw_train", "validation": "unlabeled_data_raw_val"}
 OPTICAL_FOLDER = "data_optical"
-_DATE_RES = (re.compile(r"^(\d{4})-(\d{2})-(\d{2})$"), re.compile(r"^(\d{4})(\d{2})(\d{2})(T\d+)?$"))
+_DATE_RES = (
+    re.compile(r"^(\d{4})-(\d{2})-(\d{2})$"),
+    re.compile(r"^(\d{4})(\d{2})(\d{2})(T\d+)?$"),
+)
 
 
 class SSL4SARDataError(ValueError):
@@ -162,7 +165,9 @@ def validate_ssl4sar_root(root: Path | str) -> tuple[dict[str, list[S1Item]], di
                     f"shape {optical_shapes[glacier]} (S1 must be co-registered with S2)"
                 )
                 continue
-            items[split].append(S1Item(path, stem, glacier, s1_date(stem), optical[glacier], sar.shape))
+            items[split].append(
+                S1Item(path, stem, glacier, s1_date(stem), optical[glacier], sar.shape)
+            )
     if not items["train"]:
         problems.append(f"{root / SPLIT_FOLDERS['train']}: no usable Sentinel-1 PNGs")
     if problems:

@@ -57,6 +57,11 @@ from ssl4sar_jax.data.caffe_files import (
     ZONES_SUFFIX,
     format_stem,
 )
+from ssl4sar_jax.data.synthetic_specs import (  # noqa: F401  (re-exported)
+    SSL4SAR_SYNTHETIC_GLACIERS,
+    SyntheticCaffeSpec,
+    SyntheticSSL4SARSpec,
+)
 
 NA, ROCK, GLACIER, OCEAN = 0, 1, 2, 3
 
@@ -93,33 +98,6 @@ def sensor_resolution(glacier: str, sensor: str, rng: np.random.Generator) -> in
     if sensor == "RSAT":
         return 12 if rng.random() < 43 / 54 else 20
     return 20  # S1, ENVISAT, ERS
-
-
-@dataclasses.dataclass(frozen=True)
-class SyntheticCaffeSpec:
-    """Knobs of the synthetic CaFFe generator.
-
-    Attributes:
-        seed: master seed; everything is a deterministic function of it.
-        count_scale: fraction of the real per-glacier image counts to generate.
-        min_per_glacier: lower bound of images per glacier.
-        min_size: smallest image side (px).
-        max_size: largest image side (px).
-        base_size: image side (px) at 20 m pixel spacing before per-glacier aspect jitter.
-    """
-
-    seed: int = 0
-    count_scale: float = 0.08
-    min_per_glacier: int = 4
-    min_size: int = 192
-    max_size: int = 480
-    base_size: int = 224
-
-    def glacier_counts(self) -> dict[str, int]:
-        return {
-            g: max(self.min_per_glacier, round(self.count_scale * sum(c.values())))
-            for g, c in CAFFE_SENSOR_COUNTS.items()
-        }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -472,8 +450,6 @@ def generate_caffe(root: Path | str, spec: SyntheticCaffeSpec | None = None) -> 
 # SSL4SAR (Sentinel-1 time series + one Sentinel-2 GeoTIFF per glacier)
 # ----------------------------------------------------------------------------------------------
 
-# Arctic glaciers used by the synthetic SSL4SAR config (hyphen-free tokens for the file grammar).
-SSL4SAR_SYNTHETIC_GLACIERS: tuple[str, ...] = ("Helheim", "Kangerlussuaq", "Petermann", "Zachariae")
 # EPSG codes (UTM north zones over Greenland) and upper-left origins in metres.
 _SSL4SAR_CRS = {"Helheim": 32624, "Kangerlussuaq": 32625, "Petermann": 32620, "Zachariae": 32627}
 # 15 bands as exported from GEE COPERNICUS/S2_SR (B1..B12 with B8A, AOT, WVP, SCL).
@@ -489,27 +465,6 @@ _S2_REFLECTANCE = {
     "rock": (1100, 1300, 1600, 1900, 2200, 2400, 2500, 2600, 2700, 2300, 3000, 2500),
 }
 _SCL_CODE = {"water": 6, "ice": 11, "melange": 11, "rock": 5, "no_data": 0, "cloud": 9}
-
-
-@dataclasses.dataclass(frozen=True)
-class SyntheticSSL4SARSpec:
-    """Knobs of the synthetic SSL4SAR generator.
-
-    Attributes:
-        seed: master seed.
-        glaciers: glacier names (one Sentinel-2 GeoTIFF each).
-        images_per_glacier: Sentinel-1 scenes per glacier (a time series).
-        val_per_glacier: how many of them go to ``unlabeled_data_raw_val``.
-        size: ``(H, W)`` of every scene (S1 and S2 share the grid).
-        pixel_m: pixel spacing written into the GeoTIFF transform.
-    """
-
-    seed: int = 0
-    glaciers: tuple[str, ...] = SSL4SAR_SYNTHETIC_GLACIERS
-    images_per_glacier: int = 6
-    val_per_glacier: int = 1
-    size: tuple[int, int] = (256, 288)
-    pixel_m: float = 40.0
 
 
 def render_optical(zones: np.ndarray, melange: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -74,8 +74,11 @@ def _taps(n_in: int, n_out: int, method: str) -> tuple[np.ndarray, np.ndarray]:
     """Source indices [n_out, k] and weights [n_out, k] for one axis."""
     scale = n_in / n_out
     dst = np.arange(n_out, dtype=np.float64)
-    if method == "nearest":  # torch "nearest" (legacy): floor(dst * scale)
-        idx = np.minimum(np.floor(dst * scale).astype(np.int64), n_in - 1)
+    if method == "nearest":
+        # Centre-aligned nearest (torch "nearest-exact", PIL NEAREST): picks the bilinear tap
+        # with the larger weight, so labels stay aligned with the bilinear-resized SAR.
+        # torch's legacy "nearest" (floor(dst * scale)) would shift labels by (scale - 1) / 2 px.
+        idx = np.minimum(np.floor((dst + 0.5) * scale).astype(np.int64), n_in - 1)
         return idx[:, None], np.ones((n_out, 1))
     src = (dst + 0.5) * scale - 0.5  # half-pixel centres (align_corners=False)
     if method == "bilinear":  # torch bilinear, antialias=False: negative coordinates clamp to 0

@@ -1,4 +1,4 @@
-"""Full-image prediction, test-time augmentation (TTA) and ensembles (``model_and_training.md`` §5).
+"""Full-image prediction, test-time augmentation (TTA), ensembles (``model_and_training.md`` §5).
 
 * One pass: tile the image, run ``predict_fn`` on batches of contexts, cut the centre of the
   logits, softmax, stitch (``tiling.py``).
@@ -23,7 +23,7 @@ PredictFn = Callable[[np.ndarray], np.ndarray]
 
 
 def rotate_clockwise(image: np.ndarray, k: int) -> np.ndarray:
-    """Rotates ``[H, W, ...]`` by ``k * 90`` degrees clockwise (cv2.ROTATE_90_CLOCKWISE, k times)."""
+    """Rotates ``[H, W, ...]`` by ``k * 90`` degrees clockwise (as cv2.ROTATE_90_CLOCKWISE)."""
     return np.rot90(image, k=-k, axes=(0, 1))
 
 
@@ -33,11 +33,14 @@ def rotate_back(probs: np.ndarray, k: int) -> np.ndarray:
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable float32 softmax."""
-    logits = logits.astype(np.float32, copy=False)
-    shifted = logits - logits.max(axis=axis, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=axis, keepdims=True)
+    """Numerically stable float32 softmax (a new array, same shape as ``logits``)."""
+    # Reductions over a short innermost axis (K = 4) are slow in numpy; moving the class axis to
+    # the front turns them into element-wise operations over contiguous planes (~7x faster).
+    planes = np.array(np.moveaxis(logits, axis, 0), dtype=np.float32, order="C")
+    planes -= planes.max(axis=0)
+    np.exp(planes, out=planes)
+    planes /= planes.sum(axis=0)
+    return np.moveaxis(planes, 0, axis)
 
 
 def predict_probabilities(

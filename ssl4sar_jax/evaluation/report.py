@@ -8,6 +8,7 @@ the summary plot uses matplotlib with the Agg backend.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -71,8 +72,6 @@ def write_csv(path: str, rows: Sequence[dict]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
-    import io
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
     writer.writeheader()

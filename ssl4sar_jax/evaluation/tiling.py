@@ -39,7 +39,7 @@ class TileLayout:
         context: Tile size fed to the model.
         centre: Size of the tile centre that is kept.
         stride: Step between tiles (``== centre``: non-overlapping; ``< centre``: overlapping).
-        origins: ``[N, 2]`` int64 top-left corners ``(row, col)`` of the tiles in padded coordinates.
+        origins: ``[N, 2]`` int64 top-left corners ``(row, col)`` of the tiles (padded coords).
     """
 
     image_shape: tuple[int, int]
@@ -161,7 +161,7 @@ def pad_image(image: np.ndarray, layout: TileLayout) -> np.ndarray:
 
 
 def cut_tiles(padded: np.ndarray, layout: TileLayout, indices: np.ndarray) -> np.ndarray:
-    """Cuts the context tiles ``indices`` from a padded image ``[Hp, Wp, C]`` -> ``[n, ctx, ctx, C]``."""
+    """Cuts the tiles ``indices`` from a padded image ``[Hp, Wp, C]`` -> ``[n, ctx, ctx, C]``."""
     ctx = layout.context
     return np.stack([padded[r : r + ctx, c : c + ctx] for r, c in layout.origins[indices]])
 

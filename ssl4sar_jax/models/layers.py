@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ssl4sar_jax.models.cpu_conv import conv2d
@@ -28,20 +29,56 @@ LAYER_NORM_EPS = 1e-5
 GROUP_NORM_EPS = 1e-6
 GROUP_NORM_GROUPS = 32
 
+def _numpy_rng(key: jax.Array) -> np.random.Generator | None:
+    """A NumPy generator seeded from a concrete JAX key, or None for a traced key."""
+    try:
+        data = np.asarray(jax.random.key_data(key))
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+    return np.random.default_rng(data.astype(np.uint64).ravel().tolist())
+
+
+def _uniform_init(bound_fn: Any) -> nnx.Initializer:
+    """U(-b, b) initialiser where ``b = bound_fn(shape)``.
+
+    Eager construction draws with NumPy, seeded from the parameter's own JAX key: XLA
+    compiles one program per parameter shape for `jax.random` draws, which made building
+    even the tiny model take 20-40 s on a 2-core CPU. Under `jit`/`eval_shape` (traced
+    keys) the same distribution is drawn with `jax.random`. Both are deterministic given the
+    seed, but they give different values.
+    """
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        bound = bound_fn(shape)
+        rng = _numpy_rng(key)
+        if rng is None:
+            return jax.random.uniform(key, shape, dtype, -bound, bound)
+        return jnp.asarray(rng.uniform(-bound, bound, shape), dtype)
+
+    return init
+
+
+def _fan_in(shape: tuple[int, ...]) -> int:
+    # Kernels are [..., in, out] (Dense [in, out], Conv [kh, kw, in, out]).
+    return int(np.prod(shape[:-1]))
+
+
 # PyTorch's kaiming_uniform_(a=sqrt(5)) gives U(+-1/sqrt(fan_in)) = variance 1/(3 fan_in).
-torch_default_kernel_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-# timm trunc_normal_(std=.02) cuts at absolute +-2, i.e. +-100 standard deviations.
-trunc_normal_002 = nnx.initializers.truncated_normal(stddev=0.02, lower=-100.0, upper=100.0)
+torch_default_kernel_init = _uniform_init(lambda shape: 1.0 / math.sqrt(_fan_in(shape)))
+
+
+def trunc_normal_002(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    """timm ``trunc_normal_(std=.02)``: N(0, 0.02^2) cut at absolute +-2 (= +-100 sigma)."""
+    rng = _numpy_rng(key)
+    if rng is None:
+        return 0.02 * jax.random.truncated_normal(key, -100.0, 100.0, shape, dtype)
+    return jnp.asarray(np.clip(0.02 * rng.standard_normal(shape), -2.0, 2.0), dtype)
 
 
 def torch_default_bias_init(fan_in: int) -> nnx.Initializer:
     """PyTorch's default bias init U(+-1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-
-    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
+    return _uniform_init(lambda shape: bound)
 
 
 def trunc_normal_linear(
