@@ -35,7 +35,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--threads", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--workers", type=int, default=0, help="grain worker processes")
     args = parser.parse_args(argv)
+    if args.workers:
+        from absl import flags
+
+        flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
 
     caffe = data.prepare("caffe", "synthetic", args.data_dir, splits=["train"])["train"]
     ssl4sar = data.prepare("ssl4sar", "synthetic", args.data_dir, splits=["train"])["train"]
@@ -49,7 +54,11 @@ def main(argv: list[str] | None = None) -> None:
             ("finetune", data.make_finetune_iterator, caffe, ft_cfg),
             ("pretrain", data.make_pretrain_iterator, ssl4sar, pt_cfg),
         ):
-            print(f"{name} sampler, context {args.context}, {threads} thread(s):", flush=True)
+            print(
+                f"{name} sampler, context {args.context}, {threads} thread(s), "
+                f"{args.workers} worker process(es):",
+                flush=True,
+            )
             it = make(
                 source,
                 global_batch_size=args.batch_size,
@@ -58,9 +67,13 @@ def main(argv: list[str] | None = None) -> None:
                 process_index=0,
                 process_count=1,
                 num_threads=threads,
+                num_workers=args.workers,
             )
             results[(name, threads)] = _time(it, args.batches, args.batch_size)
-    print(f"\nsamples/s at context {args.context} (batch {args.batch_size}):")
+    print(
+        f"\nsamples/s at context {args.context} (batch {args.batch_size}, "
+        f"{args.workers} worker processes):"
+    )
     for (name, threads), rate in results.items():
         print(f"  {name:9s} threads={threads}: {rate:7.1f}")
 

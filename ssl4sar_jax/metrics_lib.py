@@ -21,6 +21,25 @@ from absl import logging
 HISTORY_FILE = "metrics.jsonl"
 
 
+class _QuietOrbax:
+    """Logging filter: drop orbax's INFO chatter (several lines per save), keep warnings."""
+
+    def filter(self, record) -> bool:
+        import logging as std_logging
+
+        path = getattr(record, "pathname", "") or ""
+        return record.levelno >= std_logging.WARNING or "orbax" not in path
+
+
+def quiet_orbax_logs() -> None:
+    """Install :class:`_QuietOrbax` on the absl logger once."""
+    import logging as std_logging
+
+    logger = std_logging.getLogger("absl")
+    if not any(isinstance(f, _QuietOrbax) for f in logger.filters):
+        logger.addFilter(_QuietOrbax())
+
+
 class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss becomes NaN or Inf."""
 

@@ -22,7 +22,7 @@ def test_parse_stem_reads_every_field():
 @pytest.mark.parametrize(
     "stem, fragment",
     [
-        ("COL_2015-12-18_S1_20_1", "6 '_'-separated fields"),
+        ("COL_2015-12-18_S1_20_1", "6 '_'-separated fields.*got 5"),
         ("Foo_2015-12-18_S1_20_1_094", "unknown glacier"),
         ("COL_2015-13-18_S1_20_1_094", "invalid date"),
         ("COL_20151218_S1_20_1_094", "not YYYY-MM-DD"),

@@ -77,8 +77,13 @@ def test_finetune_labels_stay_aligned_without_intensity_augmentation():
 
 def test_pretrain_batch_format_and_mask():
     it = data.make_pretrain_iterator(
-        _ssl4sar_records(), global_batch_size=2, seed=0, sampler=PT, process_index=0,
-        process_count=1, num_threads=0,
+        _ssl4sar_records(),
+        global_batch_size=2,
+        seed=0,
+        sampler=PT,
+        process_index=0,
+        process_count=1,
+        num_threads=0,
     )
     batch = next(it)
     assert set(batch) == {"sar", "optical", "mim_mask"}
@@ -95,9 +100,18 @@ def test_determinism_threads_and_seeds():
     a = _take(_ft(records), 4)
     b = _take(_ft(records, num_threads=2), 4)
     assert _equal(a, b)  # same batches whatever the number of read threads
-    c = _take(data.make_finetune_iterator(
-        records, global_batch_size=4, seed=8, sampler=FT, process_index=0, process_count=1,
-        num_threads=0), 1)
+    c = _take(
+        data.make_finetune_iterator(
+            records,
+            global_batch_size=4,
+            seed=8,
+            sampler=FT,
+            process_index=0,
+            process_count=1,
+            num_threads=0,
+        ),
+        1,
+    )
     assert not np.array_equal(a[0]["sar"], c[0]["sar"])
 
 
@@ -111,7 +125,12 @@ def test_processes_read_disjoint_shards_and_split_the_batch():
     seen = {}
     for p in range(2):
         it = data.make_finetune_iterator(
-            records, global_batch_size=4, seed=0, sampler=cfg, process_index=p, process_count=2,
+            records,
+            global_batch_size=4,
+            seed=0,
+            sampler=cfg,
+            process_index=p,
+            process_count=2,
             num_threads=0,
         )
         batches = _take(it, 6)
@@ -120,8 +139,9 @@ def test_processes_read_disjoint_shards_and_split_the_batch():
         seen[p] = {v // 10 for v in values}
     assert seen[0] == {0, 2, 4} and seen[1] == {1, 3, 5}
     with pytest.raises(ValueError, match="multiple of the process count"):
-        data.make_finetune_iterator(records, global_batch_size=3, seed=0, process_index=0,
-                                    process_count=2)
+        data.make_finetune_iterator(
+            records, global_batch_size=3, seed=0, process_index=0, process_count=2
+        )
 
 
 def test_iterator_resume_from_state():
@@ -144,8 +164,14 @@ def test_epochs_visit_every_image_equally_and_finite_length():
         FT, prob_mix_up=0.0, prob_speckle=0.0, prob_brightness=0.0, prob_gamma=0.0
     )
     it = data.make_finetune_iterator(
-        records, global_batch_size=4, seed=3, sampler=cfg, num_epochs=2, process_index=0,
-        process_count=1, num_threads=0,
+        records,
+        global_batch_size=4,
+        seed=3,
+        sampler=cfg,
+        num_epochs=2,
+        process_index=0,
+        process_count=1,
+        num_threads=0,
     )
     batches = list(it)
     assert len(batches) == 2 * 24 // 4
@@ -154,9 +180,11 @@ def test_epochs_visit_every_image_equally_and_finite_length():
 
 
 def test_prepare_and_config_driven_iterator(tmp_path, monkeypatch):
+    assert not data.is_prepared("caffe", pipeline_dummy_config(), str(tmp_path))
     sources = data.prepare(
         "caffe", pipeline_dummy_config(), str(tmp_path), str(DUMMY / "caffe" / "dummy_data")
     )
+    assert data.is_prepared("caffe", pipeline_dummy_config(), str(tmp_path))
     assert {k: len(v) for k, v in sources.items()} == {"train": 9, "validation": 1, "test": 4}
     cfg = data.default_data_config("finetune")
     assert cfg.sampler.context_size == 512 and cfg.sampler.samples_per_epoch == 40000
@@ -165,8 +193,9 @@ def test_prepare_and_config_driven_iterator(tmp_path, monkeypatch):
     cfg.manual_dir = str(DUMMY / "caffe" / "dummy_data")
     cfg.sampler.context_size = 32
     cfg.sampler.centre_size = 16
-    it = data.make_train_iterator(cfg, global_batch_size=2, seed=0, process_index=0,
-                                  process_count=1)
+    it = data.make_train_iterator(
+        cfg, global_batch_size=2, seed=0, process_index=0, process_count=1
+    )
     batch = next(it)
     assert batch["sar"].shape == (2, 32, 32, 1) and batch["zones"].shape == (2, 32, 32)
     pcfg = data.default_data_config("pretrain")
@@ -187,3 +216,17 @@ def test_record_cache_is_bounded():
     for i in range(6):
         cache[i]
     assert len(cache._data) == 2
+
+
+def test_worker_processes_give_identical_batches_and_resume():
+    from absl import flags
+
+    flags.FLAGS.mark_as_parsed()  # grain workers read absl flags (main.py runs under app.run)
+    records = _caffe_records()
+    expected = _take(_ft(records), 5)
+    it = _ft(records, num_workers=2)
+    assert _equal(_take(it, 3), expected[:3])
+    state = it.get_state()
+    resumed = _ft(records, num_workers=2)
+    resumed.set_state(state)
+    assert _equal(_take(resumed, 2), expected[3:])

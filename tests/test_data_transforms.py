@@ -100,7 +100,9 @@ def test_bilinear_label_option_reproduces_reference_quirk():
     zones = np.zeros((40, 40), dtype=np.uint8)
     zones[:, 20:] = 3
     sar = zones * 60 + 10
-    cfg = dataclasses.replace(NO_AUG, prob_rezoom=1.0, zoom_range=(0.5, 0.51), label_resize="bilinear")
+    cfg = dataclasses.replace(
+        NO_AUG, prob_rezoom=1.0, zoom_range=(0.5, 0.51), label_resize="bilinear"
+    )
     seen = set()
     for seed in range(30):
         _, z = transforms.random_context(sar, zones, np.random.default_rng(seed), cfg)

@@ -55,13 +55,18 @@ def _hf_model(config: ModelConfig, state: dict[str, np.ndarray]) -> transformers
     return model
 
 
+@nnx.jit
+def _jit_encoder(model: SSL4SARSegmenter, images: jnp.ndarray) -> list:
+    return model.encoder(images)
+
+
 def _compare_encoder(config: ModelConfig, batch: int, seed: int) -> list[float]:
     model = SSL4SARSegmenter(config, rngs=nnx.Rngs(seed))
     randomize_params(model, seed)
     hf = _hf_model(config, microsoft_to_hf_swinv2(export_torch_state(model, fmt="microsoft")))
     images = np.random.default_rng(seed).uniform(size=(batch, config.img_size, config.img_size, 3))
     images = images.astype(np.float32)
-    ours = model.encoder(jnp.asarray(images))
+    ours = _jit_encoder(model, jnp.asarray(images))
     with torch.no_grad():
         pixel = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         emb, dims = hf.embeddings(pixel)
@@ -129,7 +134,7 @@ def test_parity_check_detects_wrong_merge_order():
     )
     hf = _hf_model(config, microsoft_to_hf_swinv2(state))
     images = np.random.default_rng(0).uniform(size=(1, 64, 64, 3)).astype(np.float32)
-    ours = model.encoder(jnp.asarray(images))
+    ours = _jit_encoder(model, jnp.asarray(images))
     with torch.no_grad():
         emb, dims = hf.embeddings(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
         out = hf.encoder(

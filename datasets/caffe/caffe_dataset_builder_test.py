@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
+from ssl4sar_jax.builders.caffe.caffe_dataset_builder import CaffeConfig
 
 import ssl4sar_jax  # noqa: F401  (registers the builders)
-from ssl4sar_jax.builders.caffe.caffe_dataset_builder import CaffeConfig
 from ssl4sar_jax.data import caffe_files
 from ssl4sar_jax.data.synthetic_specs import SyntheticCaffeSpec
 
@@ -115,7 +115,14 @@ def _broken_copy(tmp_path: Path) -> tuple[Path, list[str]]:
     # 6. missing bounding box
     box = raw / "bounding_boxes" / (train[5].name[:-4] + "_front_extent_coord.txt")
     box.unlink()
-    return root, [str(train[0]), str(zones_missing), str(bad_zone), str(train[3]), bad_name.name, str(box)]
+    return root, [
+        str(train[0]),
+        str(zones_missing),
+        str(bad_zone),
+        str(train[3]),
+        bad_name.name,
+        str(box),
+    ]
 
 
 def test_bad_input_names_every_file_and_writes_nothing(tmp_path, prepared):
@@ -141,9 +148,10 @@ def test_synthetic_config_builds_offline(tmp_path):
     config = CaffeConfig(name="synthetic_tiny", description="tiny", synthetic=spec)
     builder = _prepare(tmp_path / "tfds", tmp_path / "no_manual", config=config)
     assert builder.info.splits["test"].num_examples == 4
-    assert builder.info.splits["train"].num_examples + builder.info.splits[
-        "validation"
-    ].num_examples == 10
+    assert (
+        builder.info.splits["train"].num_examples + builder.info.splits["validation"].num_examples
+        == 10
+    )
     # The generated raw tree is in the real layout, under the download dir.
     raw = tmp_path / "tfds" / "downloads" / "synthetic_caffe_synthetic_tiny" / "data_raw"
     assert sorted(p.name for p in raw.iterdir()) == [
@@ -155,3 +163,13 @@ def test_synthetic_config_builds_offline(tmp_path):
     rec = builder.as_data_source(split="test")[0]
     assert set(np.unique(rec["zones"])) <= {0, 1, 2, 3}
     assert rec["front"].sum() > 0
+
+
+def test_full_config_reads_the_zip_from_manual_dir(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    shutil.make_archive(str(manual / "data_raw"), "zip", root_dir=DUMMY, base_dir="data_raw")
+    assert (manual / "data_raw.zip").is_file()
+    builder = _prepare(tmp_path / "tfds", manual)
+    assert builder.info.splits["test"].num_examples == 4
+    assert builder.info.splits["train"].num_examples == 9

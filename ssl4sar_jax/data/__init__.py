@@ -4,7 +4,7 @@ The public names are imported lazily so that ``import ssl4sar_jax`` (which regis
 builders through ``caffe_files``/``synthetic``) stays cheap; grain is loaded on first use.
 
 Public API (see docs/data.md):
-    prepare, make_finetune_iterator, make_pretrain_iterator, make_train_iterator,
+    prepare, is_prepared, make_finetune_iterator, make_pretrain_iterator, make_train_iterator,
     default_data_config, FinetuneSamplerConfig, PretrainSamplerConfig.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 
 _EXPORTS = {
     "prepare": "ssl4sar_jax.data.pipeline",
+    "is_prepared": "ssl4sar_jax.data.pipeline",
     "make_finetune_iterator": "ssl4sar_jax.data.pipeline",
     "make_pretrain_iterator": "ssl4sar_jax.data.pipeline",
     "make_train_iterator": "ssl4sar_jax.data.pipeline",

@@ -120,7 +120,7 @@ def parse_stem(stem: str) -> CaffeName:
     if len(fields) != 6:
         raise ValueError(
             f"{stem!r}: expected 6 '_'-separated fields "
-            "<Glacier>_<YYYY-MM-DD>_<Sensor>_<Res>_<Quality>_<Orbit>, got {len(fields)}"
+            f"<Glacier>_<YYYY-MM-DD>_<Sensor>_<Res>_<Quality>_<Orbit>, got {len(fields)}"
         )
     glacier, date, sensor, res, quality, orbit = fields
     if glacier not in GLACIERS:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -55,6 +56,12 @@ class _RecordCache:
         self._data: collections.OrderedDict[int, dict] = collections.OrderedDict()
         self._lock = threading.Lock()
 
+    def __getstate__(self):  # picklable for grain worker processes (locks and cache dropped)
+        return {"source": self._source, "size": self._size, "keys": self._keys}
+
+    def __setstate__(self, state):
+        self.__init__(state["source"], state["size"], state["keys"])
+
     def __getitem__(self, index: int) -> dict:
         with self._lock:
             if index in self._data:
@@ -81,6 +88,13 @@ class _IndexSampler:
         self.seed, self.process = seed, process
         self._perms: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
+
+    def __getstate__(self):  # picklable for grain worker processes
+        return {k: v for k, v in self.__dict__.items() if k not in ("_perms", "_lock")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._perms, self._lock = {}, threading.Lock()
 
     def _permutation(self, epoch: int) -> np.ndarray:
         with self._lock:
@@ -161,6 +175,7 @@ def _build(
     num_threads: int,
     prefetch_buffer_size: int,
     record_cache_size: int,
+    num_workers: int,
 ) -> grain.DatasetIterator:
     p, n_proc = _process_info(process_index, process_count)
     if global_batch_size <= 0 or global_batch_size % n_proc:
@@ -179,7 +194,11 @@ def _build(
     ds = grain.MapDataset.range(total).map(make_map(records, sampler))
     ds = ds.batch(local_batch, drop_remainder=True)
     read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
-    return iter(ds.to_iter_dataset(read))
+    iter_ds = ds.to_iter_dataset(read)
+    if num_workers > 0:
+        # Worker processes produce whole batches round-robin: same batches, same state semantics.
+        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(iter_ds)
 
 
 def make_finetune_iterator(
@@ -194,6 +213,7 @@ def make_finetune_iterator(
     num_threads: int = 2,
     prefetch_buffer_size: int = 8,
     record_cache_size: int = 64,
+    num_workers: int = 0,
 ) -> grain.DatasetIterator:
     """Fine-tuning batches from CaFFe records (random context + reference augmentations).
 
@@ -209,6 +229,8 @@ def make_finetune_iterator(
         num_threads: grain read threads (0 = sample in the calling thread).
         prefetch_buffer_size: elements prefetched by grain.
         record_cache_size: decoded records kept in memory (LRU).
+        num_workers: grain worker processes (0 = none). Needs absl flags parsed (run under
+            ``absl.app.run``) and a ``__main__`` guard; batches are identical to num_workers=0.
 
     Returns:
         A grain iterator of ``{"sar": float32 [B, C, C, 1] in [0, 1], "zones": int32 [B, C, C]}``
@@ -228,6 +250,7 @@ def make_finetune_iterator(
         num_threads=num_threads,
         prefetch_buffer_size=prefetch_buffer_size,
         record_cache_size=record_cache_size,
+        num_workers=num_workers,
     )
 
 
@@ -243,6 +266,7 @@ def make_pretrain_iterator(
     num_threads: int = 2,
     prefetch_buffer_size: int = 8,
     record_cache_size: int = 16,
+    num_workers: int = 0,
 ) -> grain.DatasetIterator:
     """Pretraining batches from SSL4SAR records (crop, random-resized crop, flip, token mask).
 
@@ -267,6 +291,7 @@ def make_pretrain_iterator(
         num_threads=num_threads,
         prefetch_buffer_size=prefetch_buffer_size,
         record_cache_size=record_cache_size,
+        num_workers=num_workers,
     )
 
 
@@ -298,15 +323,28 @@ def prepare(
     """
     import tensorflow_datasets as tfds
 
-    import ssl4sar_jax  # noqa: F401  (registers the builders)
-
-    if name not in ("caffe", "ssl4sar"):
-        raise ValueError(f"Unknown dataset {name!r}; expected 'caffe' or 'ssl4sar'")
-    builder = tfds.builder(name, config=config, data_dir=data_dir, file_format="array_record")
+    builder = _builder(name, config, data_dir)
+    manual_dir = os.path.expanduser(manual_dir) if manual_dir else None
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     builder.download_and_prepare(download_config=download_config)
     splits = list(splits) if splits is not None else list(builder.info.splits.keys())
     return {split: builder.as_data_source(split=split) for split in splits}
+
+
+def _builder(name: str, config: Any, data_dir: str | None):
+    import tensorflow_datasets as tfds
+
+    import ssl4sar_jax  # noqa: F401  (registers the builders)
+
+    if name not in ("caffe", "ssl4sar"):
+        raise ValueError(f"Unknown dataset {name!r}; expected 'caffe' or 'ssl4sar'")
+    data_dir = os.path.expanduser(data_dir) if data_dir else None
+    return tfds.builder(name, config=config, data_dir=data_dir, file_format="array_record")
+
+
+def is_prepared(name: str, config: Any = "synthetic", data_dir: str | None = None) -> bool:
+    """Whether `prepare` would only open (not build) the dataset."""
+    return _builder(name, config, data_dir).is_prepared()
 
 
 def default_data_config(task: str):
@@ -332,6 +370,7 @@ def default_data_config(task: str):
             "split": "train",
             "num_threads": 2,
             "prefetch_buffer_size": 8,
+            "num_workers": 0,
             "sampler": dataclasses.asdict(sampler),
         },
         type_safe=False,
@@ -375,6 +414,7 @@ def make_train_iterator(
         process_count=process_count,
         num_threads=data_config.get("num_threads", 2),
         prefetch_buffer_size=data_config.get("prefetch_buffer_size", 8),
+        num_workers=data_config.get("num_workers", 0),
     )
     sampler_fields = {
         k: tuple(v) if isinstance(v, list) else v for k, v in dict(data_config["sampler"]).items()

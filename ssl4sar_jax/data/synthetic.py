@@ -251,7 +251,9 @@ def render_scene(
     # Calving front: irregular, concave, moving with time.
     fpos = _front_position(geo, date, rng) if front_pos is None else front_pos
     x1 = np.linspace(0, 1, wc)
-    bow = 0.05 * rng.uniform(-1, 1.5) * ((x1 - geo.centre) / max(geo.half_width, 1e-3)) ** 2
+    # Curved front (bulging or concave), bounded so it never runs down the open coast.
+    across = np.clip((x1 - geo.centre) / max(geo.half_width, 1e-3), -1.5, 1.5)
+    bow = 0.04 * rng.uniform(-1, 1.5) * across**2
     jag = 0.025 * _fractal_noise(rng, (wc,), 10, octaves=5) + 0.01 * _fractal_noise(rng, (wc,), 40)
     front_y = fpos - bow + jag
     glacier = inside & (yy < front_y[None, :]) & ~nunatak
@@ -588,7 +590,8 @@ def save_preview(path: Path | str, seed: int = 0, num: int = 6) -> Path:
     from ssl4sar_jax.data.caffe_files import read_item_arrays, validate_caffe_root
 
     with tempfile.TemporaryDirectory() as tmp:
-        data_raw = generate_caffe(tmp, SyntheticCaffeSpec(seed=seed, count_scale=0.02))
+        spec = SyntheticCaffeSpec(seed=seed, count_scale=0.0, min_per_glacier=2)
+        data_raw = generate_caffe(tmp, spec)
         items = validate_caffe_root(data_raw)
         all_items = items["train"] + items["test"]
         arrays = {it.name.stem: read_item_arrays(it) for it in all_items}

@@ -68,9 +68,8 @@ class ResnetBlock(nnx.Module):
 
 def upsample_nearest2x(x: jax.Array) -> jax.Array:
     """Nearest-neighbour x2 (``F.interpolate(scale_factor=2, mode="nearest")``): ``[B,H,W,C] -> [B,2H,2W,C]``."""
-    b, h, w, c = x.shape
-    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
-    return x.reshape(b, 2 * h, 2 * w, c)
+    # Two single-axis repeats (not one 6-D reshape) keep batch sharding inferable.
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
 class Upsample(nnx.Module):

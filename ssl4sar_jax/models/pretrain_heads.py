@@ -40,9 +40,12 @@ def patchify(images: jax.Array, patch_size: int) -> jax.Array:
     b, h, w, c = images.shape
     if h % patch_size or w % patch_size:
         raise ValueError(f"patchify: image {h}x{w} is not divisible by patch {patch_size}")
-    x = images.reshape(b, h // patch_size, patch_size, w // patch_size, patch_size, c)
-    x = x.transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, (h // patch_size) * (w // patch_size), patch_size * patch_size * c)
+    nh, nw, p = h // patch_size, w // patch_size, patch_size
+    # One axis split/merge per reshape keeps batch sharding inferable (Explicit meshes).
+    x = images.reshape(b, nh, p, w, c).reshape(b, nh, p, nw, p, c)
+    x = x.transpose(0, 1, 3, 2, 4, 5)  # [B, nh, nw, p, p, C]
+    x = x.reshape(b, nh * nw, p, p, c).reshape(b, nh * nw, p, p * c)
+    return x.reshape(b, nh * nw, p * p * c)
 
 
 class ReEmbed(nnx.Module):

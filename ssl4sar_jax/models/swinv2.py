@@ -123,19 +123,26 @@ def shift_attention_mask(resolution: int, window: int, shift: int) -> np.ndarray
 
 
 # ----------------------------------------------------------------------------- windows
+# Every reshape below splits or merges ONE axis at a time: with a batch-sharded input under
+# an Explicit-axes mesh (the jax.make_mesh default in jax 0.10), JAX cannot infer the output
+# sharding of a reshape that splits or merges several axes at once.
 def window_partition(x: jax.Array, window: int) -> jax.Array:
     """``[B, H, W, C]`` -> ``[B, nW, window*window, C]`` (windows row-major, tokens row-major)."""
     b, h, w, c = x.shape
-    x = x.reshape(b, h // window, window, w // window, window, c)
-    x = x.transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, (h // window) * (w // window), window * window, c)
+    nh, nw = h // window, w // window
+    x = x.reshape(b, nh, window, w, c).reshape(b, nh, window, nw, window, c)
+    x = x.transpose(0, 1, 3, 2, 4, 5)  # [B, nh, nw, window, window, C]
+    x = x.reshape(b, nh * nw, window, window, c)
+    return x.reshape(b, nh * nw, window * window, c)
 
 
 def window_reverse(windows: jax.Array, window: int, height: int, width: int) -> jax.Array:
     """Inverse of `window_partition`: ``[B, nW, window*window, C]`` -> ``[B, H, W, C]``."""
-    b, _, _, c = windows.shape
-    x = windows.reshape(b, height // window, width // window, window, window, c)
-    x = x.transpose(0, 1, 3, 2, 4, 5)
+    b, n_windows, _, c = windows.shape
+    nh, nw = height // window, width // window
+    x = windows.reshape(b, n_windows, window, window, c).reshape(b, nh, nw, window, window, c)
+    x = x.transpose(0, 1, 3, 2, 4, 5)  # [B, nh, window, nw, window, C]
+    x = x.reshape(b, height, nw, window, c)
     return x.reshape(b, height, width, c)
 
 

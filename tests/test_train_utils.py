@@ -1,0 +1,91 @@
+"""Shared helpers of the training tests: micro configs, synthetic data dir, compilation cache.
+
+Every training test uses a micro model (32² input, 2 Swin stages of one block, plain XLA
+convolutions) so a run compiles in seconds; compiled programs are shared between the tests
+through JAX's persistent compilation cache (same program -> cache hit), and the synthetic
+datasets are built once per session.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import jax
+import ml_collections
+import pytest
+
+from ssl4sar_jax.models import ModelConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MICRO_MODEL = dict(
+    img_size=32,
+    embed_dim=32,
+    depths=(1, 1),
+    num_heads=(1, 2),
+    window_size=4,
+    pretrained_window_sizes=(0, 0),
+    conv_impl="xla",
+)
+
+
+def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """``configs/<name>.py`` loaded by path (configs/ is not a package), unlocked copy."""
+    path = os.path.join(REPO, "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def micro_config(
+    name: str, arg: str, data_dir: str, num_devices: int = 1, **model_overrides
+) -> ml_collections.ConfigDict:
+    """A smoke config shrunk to the micro model, on ``num_devices`` devices, no validation."""
+    config = load_config(name, arg)
+    config.model = ModelConfig.named("tiny", **{**MICRO_MODEL, **model_overrides}).to_dict()
+    config.data.data_dir = data_dir
+    size = config.model.img_size
+    if config.task == "finetune":
+        config.data.sampler.context_size = size
+        config.data.sampler.centre_size = size // 2
+    else:
+        config.data.sampler.crop_size = size
+    config.num_devices = num_devices
+    config.val.every_steps = 0
+    config.checkpoint.every_steps = 2
+    config.checkpoint.async_save = False
+    return config
+
+
+def model_dict(**overrides) -> dict:
+    """The micro `ModelConfig` as a dict (for config.model)."""
+    return ModelConfig.named("tiny", **{**MICRO_MODEL, **overrides}).to_dict()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+    """Session TFDS dir; the synthetic datasets are built on first use by the tasks."""
+    return str(tmp_path_factory.getbasetemp() / "tfds")
+
+
+@pytest.fixture(scope="session", autouse=False)
+def compilation_cache(tmp_path_factory):
+    """Persistent compilation cache for the session (identical programs compile once)."""
+    from jax._src import compilation_cache as cc
+
+    cache_dir = str(tmp_path_factory.getbasetemp() / "jax_cache")
+    previous = (
+        jax.config.jax_compilation_cache_dir,
+        jax.config.jax_persistent_cache_min_compile_time_secs,
+        jax.config.jax_persistent_cache_min_entry_size_bytes,
+    )
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    cc.reset_cache()
+    yield cache_dir
+    jax.config.update("jax_compilation_cache_dir", previous[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", previous[2])
+    cc.reset_cache()
