@@ -121,3 +121,5 @@ def test_ssl4sar_synthetic_pairs(tmp_path):
 def test_preview_is_written(tmp_path):
     out = synthetic.save_preview(tmp_path / "p.png", seed=0, num=3)
     assert out.stat().st_size > 10_000
+    out = synthetic.save_ssl4sar_preview(tmp_path / "s.png", seed=0, glaciers=1)
+    assert out.stat().st_size > 10_000

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-import tomllib
 
 import ssl4sar_jax  # noqa: F401  (registers the builders)
 

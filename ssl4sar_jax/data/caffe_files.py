@@ -385,6 +385,11 @@ def validate_caffe_root(
                     f"found {found_counts.get(glacier, 0)}"
                 )
     if problems:
+        if any("expected" in p and "found" in p for p in problems):
+            problems.append(
+                "(the expected counts are the published CaFFe numbers; to build a subset use "
+                "CaffeConfig(name='subset', check_counts=False))"
+            )
         raise CaffeDataError(problems)
     return items
 

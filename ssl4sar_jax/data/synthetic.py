@@ -30,6 +30,7 @@ SSL4SAR output (the layout the `ssl4sar` builder reads; reference §2.2)::
 Command line::
 
     python -m ssl4sar_jax.data.synthetic --preview docs/images/synthetic_caffe.png
+    python -m ssl4sar_jax.data.synthetic --ssl4sar-preview docs/images/synthetic_ssl4sar.png
     python -m ssl4sar_jax.data.synthetic --caffe-out /tmp/synth --seed 0
 """
 
@@ -635,10 +636,60 @@ def save_preview(path: Path | str, seed: int = 0, num: int = 6) -> Path:
     return path
 
 
+def save_ssl4sar_preview(path: Path | str, seed: int = 0, glaciers: int = 2) -> Path:
+    """Plots synthetic SSL4SAR data as the builder reads it: an S1 time series per glacier and the
+    normalised S2 image (true colour B4/B3/B2, false colour B12/B8/B3, SCL)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ssl4sar_jax.data import ssl4sar_files
+    from ssl4sar_jax.data.caffe_files import read_gray_png
+
+    spec = SyntheticSSL4SARSpec(seed=seed, glaciers=SSL4SAR_SYNTHETIC_GLACIERS[:glaciers])
+    with tempfile.TemporaryDirectory() as tmp:
+        items, optical_paths = ssl4sar_files.validate_ssl4sar_root(generate_ssl4sar(tmp, spec))
+        rows = []
+        for glacier in spec.glaciers:
+            scenes = sorted(
+                (it for it in items["train"] + items["validation"] if it.glacier == glacier),
+                key=lambda it: it.date,
+            )[::2][:3]
+            sars = [(it.date, read_gray_png(it.path.read_bytes(), it.stem)) for it in scenes]
+            rows.append((glacier, sars, ssl4sar_files.read_optical(optical_paths[glacier])))
+    fig, axes = plt.subplots(len(rows), 6, figsize=(18, 3.2 * len(rows)), squeeze=False)
+    for r, (glacier, sars, optical) in enumerate(rows):
+        for c, (date, sar) in enumerate(sars):
+            axes[r, c].imshow(sar, cmap="gray", vmin=0, vmax=255)
+            axes[r, c].set_title(f"{glacier} S1 {date}", fontsize=9)
+        rgb = optical[..., [3, 2, 1]].astype(np.float32) / 255
+        false = optical[..., [11, 7, 2]].astype(np.float32) / 255
+        axes[r, 3].imshow(np.clip(rgb * 1.2, 0, 1))
+        axes[r, 3].set_title("S2 true colour (B4 B3 B2)", fontsize=9)
+        axes[r, 4].imshow(np.clip(false * 1.2, 0, 1))
+        axes[r, 4].set_title("S2 false colour (B12 B8 B3)", fontsize=9)
+        axes[r, 5].imshow(optical[..., 13], cmap="tab10", interpolation="nearest")
+        axes[r, 5].set_title("SCL (normalised)", fontsize=9)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"Synthetic SSL4SAR (ssl4sar_jax.data.synthetic, seed {seed})")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp_path, dpi=80)
+    plt.close(fig)
+    os.replace(tmp_path, path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preview", type=str, help="write a PNG of generated samples")
+    parser.add_argument("--preview", type=str, help="write a PNG of generated CaFFe samples")
+    parser.add_argument("--ssl4sar-preview", type=str, help="write a PNG of SSL4SAR samples")
     parser.add_argument("--caffe-out", type=str, help="write a synthetic CaFFe data_raw/ here")
     parser.add_argument("--ssl4sar-out", type=str, help="write synthetic SSL4SAR inputs here")
     parser.add_argument("--count-scale", type=float, default=SyntheticCaffeSpec.count_scale)
@@ -654,8 +705,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--ssl4sar-glaciers", type=int, default=len(SSL4SAR_SYNTHETIC_GLACIERS))
     args = parser.parse_args(argv)
-    if not (args.preview or args.caffe_out or args.ssl4sar_out):
-        parser.error("give at least one of --preview, --caffe-out, --ssl4sar-out")
+    if not (args.preview or args.ssl4sar_preview or args.caffe_out or args.ssl4sar_out):
+        parser.error("give one of --preview, --ssl4sar-preview, --caffe-out, --ssl4sar-out")
+    if args.ssl4sar_preview:
+        print("wrote", save_ssl4sar_preview(args.ssl4sar_preview, seed=args.seed))
     if args.preview:
         print("wrote", save_preview(args.preview, seed=args.seed))
     if args.caffe_out:
