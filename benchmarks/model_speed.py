@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ssl4sar_jax.models import ModelConfig, SSL4SARSegmenter
 
+    temp_gb_by_label: dict[str, float] = {}
+
     def compile_and_time(jitted, *fn_args, iters: int, label: str):
         """AOT-compiles ``jitted`` for ``fn_args``, then times ``iters`` calls.
 
@@ -78,12 +80,18 @@ def main(argv: list[str] | None = None) -> int:
         compiled = jitted.lower(*fn_args).compile()
         compile_s = time.perf_counter() - t0
         print(f"[{label}] compiled in {compile_s:.1f} s", flush=True)
-        try:  # XLA's own FLOP count, best effort
+        try:  # XLA's own FLOP count (per device), best effort
             cost = compiled.cost_analysis()
             cost = cost[0] if isinstance(cost, list) else cost
             xla = float(cost["flops"]) / 1e9
         except Exception:
             xla = None
+        try:
+            temp_gb = compiled.memory_analysis().temp_size_in_bytes / 1e9
+            print(f"[{label}] XLA temp buffers per device: {temp_gb:.2f} GB", flush=True)
+            temp_gb_by_label[label] = temp_gb
+        except Exception:
+            pass
         out = jax.block_until_ready(compiled(*fn_args))  # warm-up
         times = []
         for i in range(iters):
@@ -91,15 +99,20 @@ def main(argv: list[str] | None = None) -> int:
             out = jax.block_until_ready(compiled(*fn_args))
             times.append(time.perf_counter() - t0)
             eta = statistics.mean(times) * (iters - i - 1)
-            print(f"[{label}] iter {i + 1}/{iters}: {times[-1]:.2f} s (ETA {eta:.0f} s)", flush=True)
+            print(
+                f"[{label}] iter {i + 1}/{iters}: {times[-1]:.2f} s (ETA {eta:.0f} s)", flush=True
+            )
         return compile_s, statistics.median(times), xla, out
 
     devices = jax.devices()[: args.devices]
     mesh = jax.make_mesh((args.devices,), ("data",), devices=devices)
     replicated = NamedSharding(mesh, P())
     batch_sharded = NamedSharding(mesh, P("data"))
-    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {len(devices)} device(s), "
-          f"{os.cpu_count()} CPU cores", flush=True)
+    print(
+        f"jax {jax.__version__}, backend {jax.default_backend()}, {len(devices)} device(s), "
+        f"{os.cpu_count()} CPU cores",
+        flush=True,
+    )
 
     results: dict[str, object] = {
         "variant": args.variant,
@@ -179,9 +192,11 @@ def main(argv: list[str] | None = None) -> int:
 
     table = [
         f"| measurement | batch | devices | compile (s) | step (s) | images/s | GFLOP/s | "
-        f"% of matmul peak ({peak:.0f} GFLOP/s) | XLA GFLOP per step |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"% of matmul peak ({peak:.0f} GFLOP/s) | XLA GFLOP per device-step | "
+        "XLA temp GB per device |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    label_of = {"forward": "forward", "train step": "train"}
     for name, compile_s, step_s, gflop, xla in rows:
         achieved = gflop / step_s
         results[name] = {
@@ -190,12 +205,14 @@ def main(argv: list[str] | None = None) -> int:
             "images_per_s": args.batch / step_s,
             "gflops_per_s": achieved,
             "utilisation": achieved / peak,
-            "xla_gflop_per_step": xla,
+            "xla_gflop_per_device_step": xla,
+            "xla_temp_gb_per_device": temp_gb_by_label.get(label_of[name]),
         }
         table.append(
             f"| {name} | {args.batch} | {args.devices} | {compile_s:.1f} | {step_s:.2f} | "
             f"{args.batch / step_s:.3f} | {achieved:.1f} | {100 * achieved / peak:.0f}% | "
-            f"{xla if xla is None else round(xla, 1)} |"
+            f"{xla if xla is None else round(xla, 1)} | "
+            f"{temp_gb_by_label.get(label_of[name], float('nan')):.2f} |"
         )
     print("\n" + "\n".join(table))
     if args.json:

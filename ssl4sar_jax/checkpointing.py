@@ -66,15 +66,21 @@ def describe_shape_mismatch(
     extra = sorted(set(saved) - set(current))
     changed = sorted(k for k in set(saved) & set(current) if list(saved[k]) != list(current[k]))
     if missing:
-        lines.append(f"{len(missing)} parameters of the model are not in the checkpoint, e.g. "
-                     f"{missing[:limit]}")
+        lines.append(
+            f"{len(missing)} parameters of the model are not in the checkpoint, e.g. "
+            f"{missing[:limit]}"
+        )
     if extra:
-        lines.append(f"{len(extra)} checkpoint parameters are not in the model, e.g. {extra[:limit]}")
+        lines.append(
+            f"{len(extra)} checkpoint parameters are not in the model, e.g. {extra[:limit]}"
+        )
     if changed:
         lines.append(
             f"{len(changed)} parameters have other shapes, e.g. "
-            + ", ".join(f"{k}: checkpoint {list(saved[k])} vs model {list(current[k])}"
-                        for k in changed[:limit])
+            + ", ".join(
+                f"{k}: checkpoint {list(saved[k])} vs model {list(current[k])}"
+                for k in changed[:limit]
+            )
         )
     return "; ".join(lines)
 
@@ -222,8 +228,11 @@ def _resolve_step_dir(path: str, which: str = "best") -> str:
         base = os.path.join(path, sub) if sub else path
         if not os.path.isdir(base):
             continue
-        steps = sorted(int(d) for d in os.listdir(base) if d.isdigit()
-                       and os.path.isdir(os.path.join(base, d, "state")))
+        steps = sorted(
+            int(d)
+            for d in os.listdir(base)
+            if d.isdigit() and os.path.isdir(os.path.join(base, d, "state"))
+        )
         if steps:
             return os.path.join(base, str(steps[-1]))
     raise FileNotFoundError(
@@ -262,7 +271,7 @@ def transfer_params(
         new_key = key
         for prefix in strip_prefixes:
             if key.startswith(prefix):
-                new_key = key[len(prefix):]
+                new_key = key[len(prefix) :]
                 break
         renamed[new_key] = value
     loaded, missing, mismatched = [], [], []
@@ -298,6 +307,10 @@ def transfer_params(
     report = {"loaded": loaded, "missing": sorted(missing), "unexpected": unexpected}
     logging.info(
         "Initialised %d/%d parameter arrays from %s; %d missing (fresh init), %d unused.",
-        len(loaded), len(loaded) + len(missing), source_name, len(missing), len(unexpected),
+        len(loaded),
+        len(loaded) + len(missing),
+        source_name,
+        len(missing),
+        len(unexpected),
     )
     return new_target, report

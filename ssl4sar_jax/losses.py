@@ -141,7 +141,9 @@ def finetune_loss(
     centre_logits = center_crop(logits, centre_size)
     centre_zones = center_crop(zones, centre_size)
     terms = {
-        "ce_img": smooth_cross_entropy(centre_logits, centre_zones, label_smoothing, smoothing_mode),
+        "ce_img": smooth_cross_entropy(
+            centre_logits, centre_zones, label_smoothing, smoothing_mode
+        ),
         "ce_context": smooth_cross_entropy(logits, zones, label_smoothing, smoothing_mode),
         "dice_img": soft_dice_loss(centre_logits, centre_zones, group_size=dice_group_size),
         "dice_context": soft_dice_loss(logits, zones, group_size=dice_group_size),

@@ -29,8 +29,14 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, log
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Environment variables that signal a multi-process launch (jax.distributed auto-detection).
-_MULTIPROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_NTASKS",
-                     "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+_MULTIPROCESS_ENV = (
+    "JAX_COORDINATOR_ADDRESS",
+    "COORDINATOR_ADDRESS",
+    "SLURM_NTASKS",
+    "OMPI_COMM_WORLD_SIZE",
+    "TPU_WORKER_HOSTNAMES",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+)
 
 
 def _maybe_initialize_distributed() -> None:
@@ -55,8 +61,11 @@ def main(argv: list[str]) -> int:
     _maybe_initialize_distributed()
 
     logging.info(
-        "JAX %s, process %d/%d, devices: %s", jax.__version__, jax.process_index(),
-        jax.process_count(), jax.devices(),
+        "JAX %s, process %d/%d, devices: %s",
+        jax.__version__,
+        jax.process_index(),
+        jax.process_count(),
+        jax.devices(),
     )
     if config.task == "evaluate":
         from ssl4sar_jax.tasks.evaluate import evaluate
@@ -71,17 +80,27 @@ def main(argv: list[str]) -> int:
         first, last = history[0], history[-1]
         for key in ("val/front/mde_m", "val/zones/iou_mean", "val/loss"):
             if key in last:
-                logging.info("%s: %.4f (step %d) -> %.4f (step %d)", key, first.get(key, float("nan")),
-                             first["step"], last[key], last["step"])
-    logging.info("Finished (%s) at step %d in %.1f s.", summary["stopped"], summary["final_step"],
-                 summary["wall_time_s"])
+                logging.info(
+                    "%s: %.4f (step %d) -> %.4f (step %d)",
+                    key,
+                    first.get(key, float("nan")),
+                    first["step"],
+                    last[key],
+                    last["step"],
+                )
+    logging.info(
+        "Finished (%s) at step %d in %.1f s.",
+        summary["stopped"],
+        summary["final_step"],
+        summary["wall_time_s"],
+    )
     return 0
 
 
-def _check_override_keys(argv: list[str]) -> None:
-    """Fail clearly on ``--config.<key>`` overrides that name no config field."""
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing that fails clearly on ``--config.<key>`` naming no config field."""
     try:
-        flags.FLAGS(argv, known_only=True)
+        return flags.FLAGS(argv)
     except (AttributeError, KeyError) as err:
         overrides = [a.split("=")[0][len("--config.") :] for a in argv if a.startswith("--config.")]
         bad = [key for key in overrides if key.split(".")[-1] in str(err)]
@@ -92,14 +111,14 @@ def _check_override_keys(argv: list[str]) -> None:
             "See the config file for the available keys.\n"
         )
         sys.exit(2)
-    finally:
-        flags.FLAGS.unparse_flags()
+    except flags.Error as err:
+        sys.stderr.write(f"FATAL Flags parsing error: {err}\nPass --helpshort or --helpfull.\n")
+        sys.exit(1)
 
 
 def run() -> None:
     """Console-script entry point."""
-    _check_override_keys(sys.argv)
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -143,11 +143,17 @@ class ProgressReporter:
         shown = " ".join(f"{k}={float(v):.4g}" for k, v in metrics.items() if k.startswith("loss"))
         logging.info(
             "step %d/%d %s | %.3f steps/s, %.2f images/s, ETA %s",
-            step, self.total_steps, shown, self.steps_per_sec,
-            self.steps_per_sec * self.batch_size, _format_seconds(eta),
+            step,
+            self.total_steps,
+            shown,
+            self.steps_per_sec,
+            self.steps_per_sec * self.batch_size,
+            _format_seconds(eta),
         )
-        return {"perf/steps_per_sec": self.steps_per_sec,
-                "perf/images_per_sec": self.steps_per_sec * self.batch_size}
+        return {
+            "perf/steps_per_sec": self.steps_per_sec,
+            "perf/images_per_sec": self.steps_per_sec * self.batch_size,
+        }
 
 
 def _format_seconds(seconds: float) -> str:
@@ -192,8 +198,13 @@ def plot_curves(workdir: str, out_path: str | None = None, title: str = "") -> s
         for key in ks:
             pts = series(key)
             if len(pts):
-                ax.plot(pts[:, 0], pts[:, 1], marker="o" if len(pts) < 30 else None,
-                        markersize=3, label=key)
+                ax.plot(
+                    pts[:, 0],
+                    pts[:, 1],
+                    marker="o" if len(pts) < 30 else None,
+                    markersize=3,
+                    label=key,
+                )
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

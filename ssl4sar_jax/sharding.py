@@ -131,8 +131,12 @@ def state_shardings(
                 if _spec_fits(shape, spec, mesh):
                     return NamedSharding(mesh, P(*spec))
                 logging.log_first_n(
-                    logging.INFO, "sharding rule %s does not fit %s %s: replicated", 20,
-                    pattern.pattern, name, shape,
+                    logging.INFO,
+                    "sharding rule %s does not fit %s %s: replicated",
+                    20,
+                    pattern.pattern,
+                    name,
+                    shape,
                 )
                 break
         return NamedSharding(mesh, P())
@@ -153,9 +157,7 @@ def local_batch_size(global_batch_size: int) -> int:
     """Examples each process loads: ``global / process_count`` (must divide)."""
     count = jax.process_count()
     if global_batch_size % count:
-        raise ValueError(
-            f"global batch {global_batch_size} is not divisible by {count} processes"
-        )
+        raise ValueError(f"global batch {global_batch_size} is not divisible by {count} processes")
     return global_batch_size // count
 
 

@@ -58,13 +58,13 @@ def make_init_fn(task: task_base.Task, tx: optax.GradientTransformation, seed: i
     def init():
         model = task.build_model(seed)
         _, params, rest = nnx.split(model, nnx.Param, ...)
-        params = params.to_pure_dict()
+        params = nnx.to_pure_dict(params)
         state = {
             "step": jnp.zeros((), jnp.int32),
             "params": params,
             "opt_state": tx.init(params),
         }
-        return state, rest.to_pure_dict()
+        return state, nnx.to_pure_dict(rest)
 
     return init
 
@@ -122,7 +122,10 @@ def make_train_step(
                 grad_sum, metric_sum = carry
                 micro_batch, index = xs
                 (_, m), g = grad_fn(params, rest, micro_batch, jax.random.fold_in(key, index))
-                return (jax.tree.map(jnp.add, grad_sum, g), jax.tree.map(jnp.add, metric_sum, m)), None
+                return (
+                    jax.tree.map(jnp.add, grad_sum, g),
+                    jax.tree.map(jnp.add, metric_sum, m),
+                ), None
 
             first = jax.tree.map(lambda x: x[0], micro_batches)
             metric_shapes = jax.eval_shape(lambda: grad_fn(params, rest, first, key)[0][1])
@@ -138,8 +141,8 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
         metrics = dict(metrics)
-        metrics["l2_grads"] = optax.global_norm(grads)
-        metrics["l2_params"] = optax.global_norm(new_params)
+        metrics["l2_grads"] = optax.tree.norm(grads)
+        metrics["l2_params"] = optax.tree.norm(new_params)
         metrics["lr"] = jnp.asarray(opt_state.hyperparams["learning_rate"], jnp.float32)
         new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
         return new_state, metrics
@@ -187,7 +190,9 @@ def numpy_predictor(
                 pad = np.zeros((batch_size - count, *chunk.shape[1:]), chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
             per_process = batch_size // processes
-            local = chunk[jax.process_index() * per_process : (jax.process_index() + 1) * per_process]
+            local = chunk[
+                jax.process_index() * per_process : (jax.process_index() + 1) * per_process
+            ]
             global_sar = sharding_lib.make_global_batch({"sar": local}, mesh)["sar"]
             logits = predict_jit(params, rest, global_sar)
             if processes > 1:
@@ -312,8 +317,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if task.plateau_metric and config.optim.get("plateau", None) and config.optim.plateau.enabled:
         p = config.optim.plateau
         plateau = optim.ReduceLROnPlateau(
-            config.optim.learning_rate, factor=p.factor, patience=p.patience,
-            threshold=p.threshold, cooldown=p.cooldown, min_lr=p.min_lr,
+            config.optim.learning_rate,
+            factor=p.factor,
+            patience=p.patience,
+            threshold=p.threshold,
+            cooldown=p.cooldown,
+            min_lr=p.min_lr,
         )
     best_value = None
     init_report = None
@@ -450,60 +459,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if first_step == 0 and config.val.at_start and config.val.every_steps > 0:
         run_validation(0)
     step = first_step
-    with _Preemption() as preemption:
-        progress.reset_timer(step)
-        while step < total_steps:
-            local_batch = next(iterator)
-            local_batch = {k: local_batch[k] for k in task.batch_spec(1)}
-            batch = to_global(local_batch)
-            state, metrics = train_step(state, rest, batch, base_key)
-            step += 1
-            pending_losses.append((step, metrics["loss"]))
-            if step == first_step + 1:
-                progress.reset_timer(step)  # exclude compilation from steps/s
-            if step % config.log_every_steps == 0 or step == total_steps:
-                flush_losses()
-                train_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                scalars = {f"train/{k}": v for k, v in train_metrics.items()}
-                scalars.update(progress.update(step, train_metrics))
-                writer.write_scalars(step, scalars)
-            val_every = config.val.every_steps
-            if val_every > 0 and (step % val_every == 0 or step == total_steps):
-                flush_losses()
-                metrics_val = run_validation(step)
-                if plateau is not None:
-                    new_lr = plateau.step(metrics_val[task.plateau_metric])
-                    if new_lr != optim.get_learning_rate(state["opt_state"]):
-                        logging.info("reduce-on-plateau: learning rate -> %g", new_lr)
-                        state = {
-                            **state,
-                            "opt_state": optim.set_learning_rate(state["opt_state"], new_lr),
-                        }
-                progress.reset_timer(step)
-            preempted = preemption.requested.is_set()
-            if preempted:
-                preempted = bool(
-                    multihost_utils.process_allgather(np.asarray(preempted)).any()
-                ) if jax.process_count() > 1 else True
-            periodic = config.checkpoint.every_steps > 0 and step % config.checkpoint.every_steps == 0
-            if periodic or step == total_steps or preempted:
-                flush_losses()
-                checkpointer.save(step, state, meta_for(step))
-                last_saved = step
-            if preempted:
-                stopped = "preempted"
-                break
-            max_steps = int(config.get("stop_after_steps", 0) or 0)
-            if max_steps and step >= max_steps:
-                # Simulated interruption (tests, time-boxed jobs): state is saved, exit cleanly.
-                flush_losses()
-                checkpointer.save(step, state, meta_for(step))
-                last_saved = step
-                stopped = "stop_after_steps"
-                break
-    checkpointer.close()
-    writer.flush()
-    writer.close()
+    try:
+        with _Preemption() as preemption:
+            progress.reset_timer(step)
+            while step < total_steps:
+                local_batch = next(iterator)
+                local_batch = {k: local_batch[k] for k in task.batch_spec(1)}
+                batch = to_global(local_batch)
+                state, metrics = train_step(state, rest, batch, base_key)
+                step += 1
+                pending_losses.append((step, metrics["loss"]))
+                if step == first_step + 1:
+                    progress.reset_timer(step)  # exclude compilation from steps/s
+                if step % config.log_every_steps == 0 or step == total_steps:
+                    flush_losses()
+                    train_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    scalars = {f"train/{k}": v for k, v in train_metrics.items()}
+                    scalars.update(progress.update(step, train_metrics))
+                    writer.write_scalars(step, scalars)
+                val_every = config.val.every_steps
+                if val_every > 0 and (step % val_every == 0 or step == total_steps):
+                    flush_losses()
+                    metrics_val = run_validation(step)
+                    if plateau is not None:
+                        new_lr = plateau.step(metrics_val[task.plateau_metric])
+                        if new_lr != optim.get_learning_rate(state["opt_state"]):
+                            logging.info("reduce-on-plateau: learning rate -> %g", new_lr)
+                            state = {
+                                **state,
+                                "opt_state": optim.set_learning_rate(state["opt_state"], new_lr),
+                            }
+                    progress.reset_timer(step)
+                preempted = preemption.requested.is_set()
+                if preempted:
+                    preempted = (
+                        bool(multihost_utils.process_allgather(np.asarray(preempted)).any())
+                        if jax.process_count() > 1
+                        else True
+                    )
+                periodic = (
+                    config.checkpoint.every_steps > 0 and step % config.checkpoint.every_steps == 0
+                )
+                if periodic or step == total_steps or preempted:
+                    flush_losses()
+                    checkpointer.save(step, state, meta_for(step))
+                    last_saved = step
+                if preempted:
+                    stopped = "preempted"
+                    break
+                max_steps = int(config.get("stop_after_steps", 0) or 0)
+                if max_steps and step >= max_steps:
+                    # Simulated interruption (tests, time-boxed jobs): state is saved, exit cleanly.
+                    flush_losses()
+                    checkpointer.save(step, state, meta_for(step))
+                    last_saved = step
+                    stopped = "stop_after_steps"
+                    break
+    finally:
+        # Pending async saves are committed even when the run stops on an error.
+        checkpointer.close()
+        writer.flush()
+        writer.close()
     curves = None
     if jax.process_index() == 0:
         curves = metrics_lib.plot_curves(
@@ -534,16 +550,15 @@ def _initialise_from(config, task, state, state_sh, tx):
     if mode == "workdir":
         source = checkpointing.read_params(config.init.path)
         new_params, report = checkpointing.transfer_params(
-            host_params, source,
+            host_params,
+            source,
             allow_missing=task.init_allow_missing(),
             source_name=f"init checkpoint {config.init.path}",
         )
     elif mode in ("imagenet", "tyrion"):
         new_params, report = _init_from_torch(config, task, host_params, mode)
     else:
-        raise ValueError(
-            f"config.init.mode must be scratch|imagenet|workdir|tyrion, got {mode!r}"
-        )
+        raise ValueError(f"config.init.mode must be scratch|imagenet|workdir|tyrion, got {mode!r}")
     params = jax.device_put(new_params, state_sh["params"])
     opt_state = jax.jit(tx.init, out_shardings=state_sh["opt_state"])(params)
     return {"step": state["step"], "params": params, "opt_state": opt_state}, report
@@ -571,7 +586,7 @@ def _init_from_torch(config, task, host_params, mode):
             "--config.init.partial=True to load the matching part only."
         ) from err
     logging.info("Weights from %s (%s):\n%s", path, fmt, report.summary())
-    loaded = checkpointing.flatten_params(nnx.state(model, nnx.Param).to_pure_dict())
+    loaded = checkpointing.flatten_params(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     # The model was built with the run's seed, so parameters outside the import scope equal
     # the fresh initialisation of the train state.
     new_params, _ = checkpointing.transfer_params(

@@ -51,11 +51,17 @@ def _expected_microsoft_keys(config: ModelConfig) -> set[str]:
                 b + "attn.proj.weight",
                 b + "attn.proj.bias",
             }
-            keys |= {b + f"{m}.{p}" for m in ("norm1", "norm2", "mlp.fc1", "mlp.fc2")
-                     for p in ("weight", "bias")}
+            keys |= {
+                b + f"{m}.{p}"
+                for m in ("norm1", "norm2", "mlp.fc1", "mlp.fc2")
+                for p in ("weight", "bias")
+            }
         if i < config.num_stages - 1:
-            keys |= {f"layers.{i}.downsample.reduction.weight",
-                     f"layers.{i}.downsample.norm.weight", f"layers.{i}.downsample.norm.bias"}
+            keys |= {
+                f"layers.{i}.downsample.reduction.weight",
+                f"layers.{i}.downsample.norm.weight",
+                f"layers.{i}.downsample.norm.bias",
+            }
     return keys
 
 
@@ -63,19 +69,24 @@ def test_paper_key_names_match_reference():
     config = ModelConfig.named("paper")
     model = nnx.eval_shape(lambda: SSL4SARSegmenter(config, rngs=nnx.Rngs(0)))
     keys = set(model_torch_keys(model).values())
-    encoder = {k[len("swin_unet."):] for k in keys if not k.startswith("swin_unet.pred_target")}
+    encoder = {k[len("swin_unet.") :] for k in keys if not k.startswith("swin_unet.pred_target")}
     assert encoder == _expected_microsoft_keys(config)
     decoder = {k for k in keys if k.startswith("swin_unet.pred_target")}
     expected = set()
     for k in range(6):
         blk = f"swin_unet.pred_target.{k}.block."
-        expected |= {blk + f"{m}.{p}" for m in ("norm1", "conv1", "norm2", "conv2")
-                     for p in ("weight", "bias")}
+        expected |= {
+            blk + f"{m}.{p}"
+            for m in ("norm1", "conv1", "norm2", "conv2")
+            for p in ("weight", "bias")
+        }
         if k in (1, 2, 3, 4):  # in != out: 1536->384, 768->192, 384->96, 192->96
             expected |= {blk + "nin_shortcut.weight", blk + "nin_shortcut.bias"}
         if k > 0:
-            expected |= {f"swin_unet.pred_target.{k}.up.conv.weight",
-                         f"swin_unet.pred_target.{k}.up.conv.bias"}
+            expected |= {
+                f"swin_unet.pred_target.{k}.up.conv.weight",
+                f"swin_unet.pred_target.{k}.up.conv.bias",
+            }
     expected |= {"swin_unet.pred_target.6.weight", "swin_unet.pred_target.6.bias"}
     assert decoder == expected
 
@@ -109,8 +120,13 @@ def test_microsoft_round_trip_into_encoder():
     assert len(report.loaded) == n_encoder
     assert report.num_loaded_values == sum(v.size for p, v in after.items() if p[0] == "encoder")
     skipped = dict(report.skipped)
-    assert {"norm.weight", "head.weight", "head.bias", "layers.0.blocks.1.attn_mask",
-            "layers.3.blocks.0.attn.relative_coords_table"} <= set(skipped)
+    assert {
+        "norm.weight",
+        "head.weight",
+        "head.bias",
+        "layers.0.blocks.1.attn_mask",
+        "layers.3.blocks.0.attn.relative_coords_table",
+    } <= set(skipped)
     assert not report.missing and not report.mismatched and not report.unexpected
     assert report.left_out and all(p.startswith(("decoder/", "head/")) for p in report.left_out)
     assert "skipped" in report.summary()
@@ -129,7 +145,7 @@ def test_tyrion_round_trip_with_dead_weights():
     state["swin_unet.layers.0.blocks.1.attn_mask"] = np.zeros((16, 16, 16))
     target = SSL4SARSegmenter(TINY, rngs=nnx.Rngs(7))
     report = load_torch_state(target, state, fmt="tyrion")
-    for (path, a), b in zip(_params(target).items(), _params(source).values()):
+    for (path, a), b in zip(_params(target).items(), _params(source).values(), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=str(path))
     reasons = dict(report.skipped)
     assert "dead" in reasons["swin_unet.pred_target.0.block.temb_proj.weight"]
@@ -163,7 +179,7 @@ def test_pretraining_checkpoints_transfer_to_segmenter():
     again = OptSimMIMModel(TINY, rngs=nnx.Rngs(9))
     report = load_torch_state(again, state, fmt="tyrion")
     assert ("mask_token" in dict(report.skipped)) and not report.missing
-    for (path, a), b in zip(_params(again).items(), _params(mim).values()):
+    for (path, a), b in zip(_params(again).items(), _params(mim).values(), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=str(path))
 
     learnable = OptSimMIMModel(TINY.replace(learnable_mask_token=True), rngs=nnx.Rngs(9))
@@ -177,7 +193,7 @@ def test_pretraining_checkpoints_transfer_to_segmenter():
     assert set(report.unexpected) == {k for k in state if not k.startswith("swin_unet.")} - {
         "mask_token"
     }
-    for (path, a), b in zip(_params(seg).items(), _params(mim.backbone).values()):
+    for (path, a), b in zip(_params(seg).items(), _params(mim.backbone).values(), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=str(path))
 
     translator = _random_model(OptTranslatorModel, seed=4)
@@ -201,8 +217,11 @@ def test_missing_and_misshaped_keys_fail_with_full_list():
     with pytest.raises(ValueError) as err:
         load_torch_state(target, state, fmt="tyrion")
     message = str(err.value)
-    for key in ("swin_unet.layers.1.blocks.0.attn.q_bias", "swin_unet.pred_target.2.up.conv.bias",
-                "swin_unet.layers.0.blocks.0.mlp.fc1.weight"):
+    for key in (
+        "swin_unet.layers.1.blocks.0.attn.q_bias",
+        "swin_unet.pred_target.2.up.conv.bias",
+        "swin_unet.layers.0.blocks.0.mlp.fc1.weight",
+    ):
         assert key in message
     assert "(5, 5)" in message and "partial=True" in message
     for path, value in _params(target).items():  # nothing was modified
@@ -225,25 +244,58 @@ def test_files_and_command_line_round_trip(tmp_path):
     ckpt = tmp_path / "run.ckpt"
     # A Lightning-style checkpoint: state_dict plus training metadata.
     torch.save(
-        {"state_dict": {k: torch.from_numpy(v.copy()) for k, v in state.items()}, "epoch": 3,
-         "global_step": 120},
+        {
+            "state_dict": {k: torch.from_numpy(v.copy()) for k, v in state.items()},
+            "epoch": 3,
+            "global_step": 120,
+        },
         ckpt,
     )
     read = read_torch_checkpoint(str(ckpt))
     assert set(read) == set(state)
     npz = tmp_path / "params.npz"
-    assert main(["import", "--format", "tyrion", "--variant", "tiny", "--input", str(ckpt),
-                 "--output", str(npz), "--report", str(tmp_path / "report.json")]) == 0
+    assert (
+        main(
+            [
+                "import",
+                "--format",
+                "tyrion",
+                "--variant",
+                "tiny",
+                "--input",
+                str(ckpt),
+                "--output",
+                str(npz),
+                "--report",
+                str(tmp_path / "report.json"),
+            ]
+        )
+        == 0
+    )
     target = SSL4SARSegmenter(TINY, rngs=nnx.Rngs(1))
     report = load_params_npz(target, str(npz))
     assert not report.missing and not report.unexpected
-    for (path, a), b in zip(_params(target).items(), _params(source).values()):
+    for (path, a), b in zip(_params(target).items(), _params(source).values(), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=str(path))
     assert (tmp_path / "report.json").exists()
 
     pth = tmp_path / "exported.pth"
-    assert main(["export", "--format", "tyrion", "--variant", "tiny", "--input", str(npz),
-                 "--output", str(pth)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--format",
+                "tyrion",
+                "--variant",
+                "tiny",
+                "--input",
+                str(npz),
+                "--output",
+                str(pth),
+            ]
+        )
+        == 0
+    )
     back = read_torch_checkpoint(str(pth))
     assert set(back) == set(state)
     for key, value in state.items():
@@ -269,5 +321,5 @@ def test_save_params_npz_is_atomic_and_complete(tmp_path):
     assert path.exists() and not [p for p in path.parent.iterdir() if p.name.startswith(".tmp")]
     other = SSL4SARSegmenter(TINY, rngs=nnx.Rngs(3))
     load_params_npz(other, str(path))
-    leaves = zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(other)))
+    leaves = zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(other)), strict=True)
     assert all(np.array_equal(a, b) for a, b in leaves)

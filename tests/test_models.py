@@ -31,7 +31,11 @@ TINY = ModelConfig.named("tiny")
 # Two stages at 32x32 input: still shifted windows (stage 0) and the clamp (stage 1), but
 # quicker to compile for the structural tests.
 MICRO = ModelConfig(
-    img_size=32, embed_dim=32, depths=(2, 2), num_heads=(2, 2), window_size=4,
+    img_size=32,
+    embed_dim=32,
+    depths=(2, 2),
+    num_heads=(2, 2),
+    window_size=4,
     pretrained_window_sizes=(0, 0),
 )
 
@@ -61,7 +65,9 @@ def _forward_dropout(model, sar, key):
 
 
 def _sar(batch: int = 2, size: int = 64, seed: int = 0) -> jax.Array:
-    return jnp.asarray(np.random.default_rng(seed).uniform(size=(batch, size, size, 1)), jnp.float32)
+    return jnp.asarray(
+        np.random.default_rng(seed).uniform(size=(batch, size, size, 1)), jnp.float32
+    )
 
 
 # ----------------------------------------------------------------------------- paper config
@@ -142,9 +148,7 @@ def test_sar_replication():
     assert expand_sar_channels(jnp.asarray(three), TINY) is not None
 
 
-@pytest.mark.parametrize(
-    "shape", [(2, 64, 64, 2), (2, 32, 32, 1), (2, 64, 48, 1), (64, 64, 1)]
-)
+@pytest.mark.parametrize("shape", [(2, 64, 64, 2), (2, 32, 32, 1), (2, 64, 48, 1), (64, 64, 1)])
 def test_bad_input_shape_raises(tiny_model, shape):
     with pytest.raises(ValueError, match=r"\[B, 64, 64, 1\]"):
         tiny_model(jnp.zeros(shape))
@@ -198,11 +202,15 @@ def test_bfloat16_compute_keeps_float32_params():
 
 # ----------------------------------------------------------------------------- init
 def test_initialisation_follows_reference():
-    model = SSL4SARSegmenter(ModelConfig.named("tiny", embed_dim=64, num_heads=(2, 4, 8, 8)),
-                             rngs=nnx.Rngs(1))
+    model = SSL4SARSegmenter(
+        ModelConfig.named("tiny", embed_dim=64, num_heads=(2, 4, 8, 8)), rngs=nnx.Rngs(1)
+    )
     block = model.encoder.layers[0].blocks[0]
     np.testing.assert_allclose(np.asarray(block.attn.logit_scale[...]), math.log(10.0), rtol=1e-6)
-    assert not np.asarray(block.attn.q_bias[...]).any() and not np.asarray(block.attn.v_bias[...]).any()
+    assert (
+        not np.asarray(block.attn.q_bias[...]).any()
+        and not np.asarray(block.attn.v_bias[...]).any()
+    )
     np.testing.assert_array_equal(np.asarray(block.norm1.scale[...]), 1.0)
     # Linear: N(0, 0.02^2), zero bias.
     fc1 = np.asarray(model.encoder.layers[2].blocks[0].mlp.fc1.kernel[...])
@@ -236,8 +244,19 @@ def test_init_is_deterministic_and_seed_dependent():
     b = nnx.state(SSL4SARSegmenter(TINY, rngs=nnx.Rngs(3)), nnx.Param)
     c = nnx.state(SSL4SARSegmenter(TINY, rngs=nnx.Rngs(4)), nnx.Param)
     la, lb, lc = jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(c)
-    assert all(np.array_equal(x, y) for x, y in zip(la, lb))
-    assert not all(np.array_equal(x, y) for x, y in zip(la, lc))
+    assert all(np.array_equal(x, y) for x, y in zip(la, lb, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(la, lc, strict=True))
+
+
+def test_init_under_jit_equals_eager_init():
+    # Initial values are drawn on the host, so a jitted (e.g. sharded) initialisation gives
+    # exactly the eager values.
+    def params():
+        return nnx.state(OptSimMIMModel(MICRO, rngs=nnx.Rngs(2)), nnx.Param)
+
+    eager, jitted = jax.tree.leaves(params()), jax.tree.leaves(jax.jit(params)())
+    assert len(eager) == len(jitted)
+    assert all(np.array_equal(x, y) for x, y in zip(eager, jitted, strict=True))
 
 
 def test_config_validation_and_variants():
@@ -309,7 +328,7 @@ def test_remat_gives_same_gradients():
         return nnx.grad(lambda m: jnp.mean(m(sar, rngs=nnx.Rngs(dropout=0))["logits"] ** 2))(model)
 
     g0, g1 = (jax.tree.leaves(grads(m, sar)) for m in models)
-    for a, b in zip(g0, g1):
+    for a, b in zip(g0, g1, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-4)
 
 

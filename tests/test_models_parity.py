@@ -48,7 +48,7 @@ def _hf_model(config: ModelConfig, state: dict[str, np.ndarray]) -> transformers
     )
     model = transformers.Swinv2Model(hf_config, add_pooling_layer=False).eval()
     tensors = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}
-    result = model.load_state_dict(tensors, strict=False)
+    result = model.load_state_dict(tensors, strict=True)
     # Only HF's final LayerNorm (unused here) and buffers may stay at their own values.
     assert set(result.missing_keys) <= {"layernorm.weight", "layernorm.bias"}, result.missing_keys
     assert not result.unexpected_keys, result.unexpected_keys
@@ -79,7 +79,7 @@ def _compare_encoder(config: ModelConfig, batch: int, seed: int) -> list[float]:
     theirs = out.reshaped_hidden_states[1:]  # [embeddings, stage 0 .. stage L-1], NCHW
     assert len(theirs) == config.num_stages
     diffs = []
-    for i, (a, b) in enumerate(zip(ours, theirs)):
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
         b = b.permute(0, 2, 3, 1).numpy()
         assert a.shape == b.shape, (i, a.shape, b.shape)
         diffs.append(float(np.max(np.abs(np.asarray(a) - b))))
@@ -93,8 +93,10 @@ def test_reduced_config_exercises_shift_mask_and_clamp():
     from ssl4sar_jax.models.swinv2 import effective_window_and_shift
 
     plan = [
-        [effective_window_and_shift(config.stage_resolution(i), config.window_size, j)
-         for j in range(config.depths[i])]
+        [
+            effective_window_and_shift(config.stage_resolution(i), config.window_size, j)
+            for j in range(config.depths[i])
+        ]
         for i in range(config.num_stages)
     ]
     # Stages 0-1: several windows, the odd block shifted (mask used); stages 2-3: clamped.

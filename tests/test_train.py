@@ -14,8 +14,9 @@ from ssl4sar_jax import checkpointing, metrics_lib, train_lib
 
 
 def _train_losses(workdir):
-    return {r["step"]: r["train/loss"] for r in metrics_lib.read_history(workdir)
-            if "train/loss" in r}
+    return {
+        r["step"]: r["train/loss"] for r in metrics_lib.read_history(workdir) if "train/loss" in r
+    }
 
 
 def _final_params(workdir):
@@ -63,9 +64,7 @@ def test_one_and_four_devices_give_the_same_run(finetune_config, tmp_path):
 def test_interrupted_run_resumes_exactly(finetune_config, tmp_path):
     full = train_lib.train_and_evaluate(finetune_config(total_steps=4), str(tmp_path / "full"))
     part = str(tmp_path / "part")
-    first = train_lib.train_and_evaluate(
-        finetune_config(total_steps=4, stop_after_steps=2), part
-    )
+    first = train_lib.train_and_evaluate(finetune_config(total_steps=4, stop_after_steps=2), part)
     assert first["stopped"] == "stop_after_steps" and first["final_step"] == 2
     second = train_lib.train_and_evaluate(finetune_config(total_steps=4), part)
     assert second["first_step"] == 2 and second["final_step"] == 4
@@ -142,7 +141,9 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(
 
     monkeypatch.setattr(FinetuneTask, "train_iterator", poisoned)
     workdir = str(tmp_path / "run")
-    with pytest.raises(metrics_lib.NonFiniteLossError, match="step 3.*last good checkpoint is step 2"):
+    with pytest.raises(
+        metrics_lib.NonFiniteLossError, match="step 3.*last good checkpoint is step 2"
+    ):
         train_lib.train_and_evaluate(finetune_config(total_steps=4), workdir)
     ckpt = checkpointing.RunCheckpointer(workdir)
     assert ckpt.latest_step() == 2
@@ -156,7 +157,9 @@ def test_workdir_of_another_model_is_refused(finetune_config, tmp_path):
     train_lib.train_and_evaluate(config, workdir)
     other = finetune_config(total_steps=3)
     other.model = model_dict(embed_dim=64, num_heads=(2, 4))
-    with pytest.raises(checkpointing.CheckpointMismatchError, match="different model.*new --workdir"):
+    with pytest.raises(
+        checkpointing.CheckpointMismatchError, match="different model.*new --workdir"
+    ):
         train_lib.train_and_evaluate(other, workdir)
 
 

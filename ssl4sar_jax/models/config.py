@@ -131,7 +131,9 @@ class ModelConfig:
                 f"pretrained_window_sizes {self.pretrained_window_sizes} must have equal length"
             )
         if self.patch_size < 2 or self.patch_size & (self.patch_size - 1):
-            raise ValueError(f"ModelConfig.patch_size must be a power of two >= 2, got {self.patch_size}")
+            raise ValueError(
+                f"ModelConfig.patch_size must be a power of two >= 2, got {self.patch_size}"
+            )
         if self.img_size % (self.patch_size * 2 ** (n - 1)):
             raise ValueError(
                 f"ModelConfig.img_size {self.img_size} must be divisible by "
@@ -150,11 +152,17 @@ class ModelConfig:
         for c in self.decoder_channels():
             groups = min(32, c)
             if c % groups:
-                raise ValueError(f"decoder width {c} is not divisible into {groups} GroupNorm groups")
+                raise ValueError(
+                    f"decoder width {c} is not divisible into {groups} GroupNorm groups"
+                )
         if self.dtype not in _DTYPES:
-            raise ValueError(f"ModelConfig.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+            raise ValueError(
+                f"ModelConfig.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}"
+            )
         if self.conv_impl not in _CONV_IMPLS:
-            raise ValueError(f"ModelConfig.conv_impl must be one of {_CONV_IMPLS}, got {self.conv_impl!r}")
+            raise ValueError(
+                f"ModelConfig.conv_impl must be one of {_CONV_IMPLS}, got {self.conv_impl!r}"
+            )
         if self.sar_channels not in (1, self.in_chans):
             raise ValueError(
                 f"ModelConfig.sar_channels must be 1 or in_chans={self.in_chans}, got {self.sar_channels}"
@@ -232,4 +240,3 @@ def as_config(config: ModelConfig | str | dict[str, Any] | None) -> ModelConfig:
     if isinstance(config, dict):
         return ModelConfig.from_dict(config)
     raise TypeError(f"expected ModelConfig, variant name or dict, got {type(config).__name__}")
-

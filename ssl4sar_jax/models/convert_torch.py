@@ -284,8 +284,10 @@ def load_torch_state(
         report.num_loaded_values += int(value.size)
 
     used = set(wanted.values())
+    # A frozen mask token was already reported as skipped above.
+    frozen_mask_token = fmt == "tyrion" and ("mask_token",) not in keys
     for key in state:
-        if key in used or key == "mask_token" and fmt == "tyrion" and ("mask_token",) not in keys:
+        if key in used or (key == "mask_token" and frozen_mask_token):
             continue
         reason = _skip_reason(key[len(TYRION_PREFIX) :] if key.startswith(TYRION_PREFIX) else key)
         if reason is not None:
@@ -408,7 +410,9 @@ def params_to_flat_dict(model: nnx.Module) -> dict[str, np.ndarray]:
     }
 
 
-def save_params_npz(model: nnx.Module, path: str, *, metadata: Mapping[str, Any] | None = None) -> None:
+def save_params_npz(
+    model: nnx.Module, path: str, *, metadata: Mapping[str, Any] | None = None
+) -> None:
     """Saves all parameters (and the config as JSON) to ``path`` (``.npz``), atomically."""
     arrays = params_to_flat_dict(model)
     meta = {"config": model.config.to_dict(), **(metadata or {})}
@@ -521,8 +525,13 @@ def main(argv: list[str] | None = None) -> int:
             default="segment",
             choices=("segment", "opt_simmim", "opt_translator"),
         )
-        p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                       help="ModelConfig overrides, e.g. pretrained_window_sizes=[16,16,16,8]")
+        p.add_argument(
+            "--set",
+            nargs="*",
+            default=[],
+            metavar="FIELD=VALUE",
+            help="ModelConfig overrides, e.g. pretrained_window_sizes=[16,16,16,8]",
+        )
         p.add_argument("--seed", type=int, default=0, help="init seed of weights not in the file")
     imp = sub.choices["import"]
     imp.add_argument("--partial", action="store_true", help="allow missing/mis-shaped keys")
@@ -534,8 +543,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "import":
         state = read_torch_checkpoint(args.input, trust_pickle=args.trust_pickle)
         report = load_torch_state(model, state, fmt=args.format, partial=args.partial)
-        save_params_npz(model, args.output, metadata={"source": os.path.abspath(args.input),
-                                                      "format": args.format})
+        save_params_npz(
+            model,
+            args.output,
+            metadata={"source": os.path.abspath(args.input), "format": args.format},
+        )
         print(report.summary())
         if args.report:
             fd, tmp = _atomic_target(args.report)
@@ -545,8 +557,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.output}")
     else:
         load_params_npz(model, args.input)
-        write_torch_checkpoint(export_torch_state(model, fmt=args.format), args.output,
-                               fmt=args.format)
+        write_torch_checkpoint(
+            export_torch_state(model, fmt=args.format), args.output, fmt=args.format
+        )
         print(f"wrote {args.output} ({args.format} layout; load with strict=False)")
     return 0
 

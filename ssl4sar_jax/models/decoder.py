@@ -75,7 +75,9 @@ def upsample_nearest2x(x: jax.Array) -> jax.Array:
 class Upsample(nnx.Module):
     """Nearest x2 followed by a 3x3 conv (same channels)."""
 
-    def __init__(self, channels: int, *, dtype: Any = None, matmul_grad: bool = False, rngs: nnx.Rngs):
+    def __init__(
+        self, channels: int, *, dtype: Any = None, matmul_grad: bool = False, rngs: nnx.Rngs
+    ):
         self.conv = Conv2d(
             channels, channels, 3, padding=1, dtype=dtype, matmul_grad=matmul_grad, rngs=rngs
         )
@@ -129,15 +131,15 @@ class Decoder(nnx.Module):
             matmul_grad=config.use_matmul_grad_conv(),
             rngs=rngs,
         )
-        blocks = [ResUpBlock(config.bottleneck_dim, config.bottleneck_dim, upsample=False, **common)]
+        blocks = [
+            ResUpBlock(config.bottleneck_dim, config.bottleneck_dim, upsample=False, **common)
+        ]
         for i in reversed(range(config.num_stages)):
             dim = config.stage_dim(i)
             out = dim // 2 if i != 0 else dim
             blocks.append(ResUpBlock(2 * dim, out, upsample=True, **common))
         for _ in range(config.num_extra_upsample_blocks):
-            blocks.append(
-                ResUpBlock(config.embed_dim, config.embed_dim, upsample=True, **common)
-            )
+            blocks.append(ResUpBlock(config.embed_dim, config.embed_dim, upsample=True, **common))
         self.blocks = nnx.List(blocks)
         self.num_stages = config.num_stages
 

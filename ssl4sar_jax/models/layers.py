@@ -29,31 +29,31 @@ LAYER_NORM_EPS = 1e-5
 GROUP_NORM_EPS = 1e-6
 GROUP_NORM_GROUPS = 32
 
-def _numpy_rng(key: jax.Array) -> np.random.Generator | None:
-    """A NumPy generator seeded from a concrete JAX key, or None for a traced key."""
-    try:
-        data = np.asarray(jax.random.key_data(key))
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
-    return np.random.default_rng(data.astype(np.uint64).ravel().tolist())
 
+def _host_init(draw: Any) -> nnx.Initializer:
+    """Initialiser whose values are drawn by NumPy, seeded from the parameter's JAX key.
 
-def _uniform_init(bound_fn: Any) -> nnx.Initializer:
-    """U(-b, b) initialiser where ``b = bound_fn(shape)``.
-
-    Eager construction draws with NumPy, seeded from the parameter's own JAX key: XLA
-    compiles one program per parameter shape for `jax.random` draws, which made building
-    even the tiny model take 20-40 s on a 2-core CPU. Under `jit`/`eval_shape` (traced
-    keys) the same distribution is drawn with `jax.random`. Both are deterministic given the
-    seed, but they give different values.
+    ``draw(rng, shape)`` returns float64 values. With `jax.random`, XLA compiles a separate
+    RNG program for each of the ~230 parameters, which made building even the tiny model
+    take 20-40 s on a 2-core CPU (eagerly or under `jit`). Drawing on the host takes
+    milliseconds and gives the same values eagerly, under `jit` (through
+    `jax.pure_callback`) and under `eval_shape` (nothing is drawn).
     """
 
     def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
-        bound = bound_fn(shape)
-        rng = _numpy_rng(key)
-        if rng is None:
-            return jax.random.uniform(key, shape, dtype, -bound, bound)
-        return jnp.asarray(rng.uniform(-bound, bound, shape), dtype)
+        shape = tuple(int(d) for d in shape)
+        np_dtype = np.dtype(dtype)
+
+        def host(key_data: np.ndarray) -> np.ndarray:
+            seed = np.asarray(key_data).astype(np.uint64).ravel().tolist()
+            return np.asarray(draw(np.random.default_rng(seed), shape), np_dtype)
+
+        key_data = jax.random.key_data(key)
+        try:
+            concrete = np.asarray(key_data)
+        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+            return jax.pure_callback(host, jax.ShapeDtypeStruct(shape, np_dtype), key_data)
+        return jnp.asarray(host(concrete))
 
     return init
 
@@ -64,21 +64,19 @@ def _fan_in(shape: tuple[int, ...]) -> int:
 
 
 # PyTorch's kaiming_uniform_(a=sqrt(5)) gives U(+-1/sqrt(fan_in)) = variance 1/(3 fan_in).
-torch_default_kernel_init = _uniform_init(lambda shape: 1.0 / math.sqrt(_fan_in(shape)))
-
-
-def trunc_normal_002(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
-    """timm ``trunc_normal_(std=.02)``: N(0, 0.02^2) cut at absolute +-2 (= +-100 sigma)."""
-    rng = _numpy_rng(key)
-    if rng is None:
-        return 0.02 * jax.random.truncated_normal(key, -100.0, 100.0, shape, dtype)
-    return jnp.asarray(np.clip(0.02 * rng.standard_normal(shape), -2.0, 2.0), dtype)
+torch_default_kernel_init = _host_init(
+    lambda rng, shape: rng.uniform(-1.0, 1.0, shape) / math.sqrt(_fan_in(shape))
+)
+# timm trunc_normal_(std=.02) cuts at absolute +-2 (= +-100 sigma): in effect N(0, 0.02^2).
+trunc_normal_002 = _host_init(
+    lambda rng, shape: np.clip(0.02 * rng.standard_normal(shape), -2.0, 2.0)
+)
 
 
 def torch_default_bias_init(fan_in: int) -> nnx.Initializer:
     """PyTorch's default bias init U(+-1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-    return _uniform_init(lambda shape: bound)
+    return _host_init(lambda rng, shape: rng.uniform(-bound, bound, shape))
 
 
 def trunc_normal_linear(

@@ -38,7 +38,10 @@ def expand_sar_channels(sar: jax.Array, config: ModelConfig) -> jax.Array:
     if sar.ndim != 4:
         raise ValueError(f"SAR input must be {expected} (NHWC), got shape {tuple(sar.shape)}")
     _, h, w, c = sar.shape
-    if (h, w) != (config.img_size, config.img_size) or c not in (config.sar_channels, config.in_chans):
+    if (h, w) != (config.img_size, config.img_size) or c not in (
+        config.sar_channels,
+        config.in_chans,
+    ):
         raise ValueError(
             f"SAR input must be {expected} (or {config.in_chans} channels), got shape {tuple(sar.shape)}"
         )

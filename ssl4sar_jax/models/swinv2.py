@@ -46,7 +46,9 @@ NORMALIZE_EPS = 1e-12  # F.normalize
 
 
 # ----------------------------------------------------------------------------- constants
-def effective_window_and_shift(resolution: int, window_size: int, block_index: int) -> tuple[int, int]:
+def effective_window_and_shift(
+    resolution: int, window_size: int, block_index: int
+) -> tuple[int, int]:
     """Window clamp rule of the reference SwinTransformerBlock.
 
     Args:
@@ -63,7 +65,7 @@ def effective_window_and_shift(resolution: int, window_size: int, block_index: i
     return window_size, (window_size // 2 if block_index % 2 else 0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def relative_coords_table(window: int, pretrained_window: int) -> np.ndarray:
     """Log-spaced relative coordinates fed to the CPB MLP.
 
@@ -84,7 +86,7 @@ def relative_coords_table(window: int, pretrained_window: int) -> np.ndarray:
     return table.astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def relative_position_index(window: int) -> np.ndarray:
     """Index into the flattened (2W-1)^2 table for every token pair of a window.
 
@@ -99,7 +101,7 @@ def relative_position_index(window: int) -> np.ndarray:
     return index.astype(np.int32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shift_attention_mask(resolution: int, window: int, shift: int) -> np.ndarray:
     """The -100 mask of shifted-window attention.
 
@@ -290,7 +292,9 @@ class PatchMerging(nnx.Module):
     """2x2 merge in the V2 order: concat sub-grids -> Linear(4C -> 2C, no bias) -> LayerNorm."""
 
     def __init__(self, dim: int, *, dtype: Any = None, rngs: nnx.Rngs):
-        self.reduction = trunc_normal_linear(4 * dim, 2 * dim, use_bias=False, dtype=dtype, rngs=rngs)
+        self.reduction = trunc_normal_linear(
+            4 * dim, 2 * dim, use_bias=False, dtype=dtype, rngs=rngs
+        )
         self.norm = layer_norm(2 * dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -40,9 +40,7 @@ def _load_member(path: str, template: dict[str, Any], which: str) -> dict[str, A
         flat, _ = convert_torch.read_params_npz(path)
     else:
         flat = checkpointing.read_params(path, which=which)
-    params, _ = checkpointing.transfer_params(
-        template, flat, source_name=f"checkpoint {path}"
-    )
+    params, _ = checkpointing.transfer_params(template, flat, source_name=f"checkpoint {path}")
     return params
 
 
@@ -71,8 +69,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     mesh = sharding_lib.make_mesh([tuple(a) for a in config.mesh])
     model = build_model(model_config, seed=0, objective="segment")
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    template = jax.device_get(params.to_pure_dict())
-    rest = rest.to_pure_dict()
+    template = jax.device_get(nnx.to_pure_dict(params))
+    rest = nnx.to_pure_dict(rest)
     batch_sh = sharding_lib.batch_sharding(mesh)
     repl = sharding_lib.replicated(mesh)
 
@@ -88,7 +86,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
         predict_fns.append(
             numpy_predictor(
                 jax.jit(predict, in_shardings=(repl, repl, batch_sh), out_shardings=batch_sh),
-                member, jax.device_put(rest, repl), mesh, config.batch_size,
+                member,
+                jax.device_put(rest, repl),
+                mesh,
+                config.batch_size,
             )
         )
         logging.info("loaded ensemble member %s", path)
@@ -125,8 +126,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
         json.dump(info, f, indent=2)
     os.replace(tmp, os.path.join(workdir, "evaluate_info.json"))
     logging.info(
-        "%s: MDE %.1f m, IoU %.3f over %d images (%.1f s)", config.split,
-        metrics.get("front/mde_m", np.nan), metrics.get("zones/iou_mean", np.nan), count,
+        "%s: MDE %.1f m, IoU %.3f over %d images (%.1f s)",
+        config.split,
+        metrics.get("front/mde_m", np.nan),
+        metrics.get("zones/iou_mean", np.nan),
+        count,
         info["seconds"],
     )
     return metrics

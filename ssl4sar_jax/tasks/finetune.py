@@ -147,4 +147,3 @@ class FinetuneTask(base.Task):
             logging.info("val MDE undefined (no predicted front); logged as %s", UNDEFINED_MDE)
             metrics["val/front/mde_m"] = UNDEFINED_MDE
         return metrics
-

@@ -89,15 +89,11 @@ class PretrainTask(base.Task):
         )
 
     def train_iterator(self, sources, seed) -> Iterator[dict]:
-        return self._iterator(
-            sources[self.config.data.train_split], self.config.batch_size, seed
-        )
+        return self._iterator(sources[self.config.data.train_split], self.config.batch_size, seed)
 
     def validate(self, sources, ctx: base.ValidationContext) -> dict[str, float]:
         val = self.config.val
-        iterator = self._iterator(
-            sources[self.config.data.val_split], val.batch_size, val.seed
-        )
+        iterator = self._iterator(sources[self.config.data.val_split], val.batch_size, val.seed)
         totals: dict[str, float] = {}
         for _ in range(val.num_batches):
             local = next(iterator)
@@ -106,4 +102,3 @@ class PretrainTask(base.Task):
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
         return {f"val/{k}": v / max(1, val.num_batches) for k, v in totals.items()}
-

@@ -1,0 +1,74 @@
+"""The command line: end-to-end fine-tuning smoke run with validation MDE, bad config keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from test_train_utils import REPO, compilation_cache, data_dir  # noqa: F401
+
+
+def _run_main(args, env_extra=None, timeout=600):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "ssl4sar_jax.main", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_unknown_config_key_fails_clearly(tmp_path):
+    result = _run_main(
+        [
+            "--config",
+            "configs/finetune.py:smoke",
+            "--workdir",
+            str(tmp_path),
+            "--config.optim.no_such_key=1",
+        ]
+    )
+    assert result.returncode == 2
+    assert "Unknown config key(s) ['optim.no_such_key']" in result.stderr
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_main_finetune_smoke_with_validation_mde(tmp_path, data_dir, compilation_cache):  # noqa: F811
+    workdir = tmp_path / "ft"
+    result = _run_main(
+        [
+            "--config",
+            "configs/finetune.py:smoke",
+            "--workdir",
+            str(workdir),
+            f"--config.data.data_dir={data_dir}",
+            "--config.total_steps=2",
+            "--config.val.every_steps=2",
+            "--config.model.img_size=32",
+            "--config.model.embed_dim=32",
+            "--config.model.depths=(1,1)",
+            "--config.model.num_heads=(1,2)",
+            "--config.model.pretrained_window_sizes=(0,0)",
+            "--config.model.conv_impl=xla",
+            "--config.data.sampler.context_size=32",
+            "--config.data.sampler.centre_size=16",
+        ],
+        env_extra={
+            "JAX_COMPILATION_CACHE_DIR": compilation_cache,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        },
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if "val/front/mde_m" in r]
+    assert val and val[-1]["step"] == 2
+    assert val[-1]["val/front/mde_m"] > 0  # metres, or the reference's 7777 if no front
+    assert 0.0 <= val[-1]["val/zones/iou_mean"] <= 1.0
+    assert "Finished (completed) at step 2" in result.stderr
+    assert (workdir / "best_checkpoint").is_dir() and (workdir / "curves.png").exists()
