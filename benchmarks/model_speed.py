@@ -44,7 +44,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "matmul_grad"))
     p.add_argument("--remat", action="store_true")
     p.add_argument("--matmul-size", type=int, default=4096)
-    p.add_argument("--skip", nargs="*", default=[], choices=("forward", "train"))
+    p.add_argument("--skip", nargs="*", default=[], choices=("conv", "forward", "train"))
     p.add_argument("--json", help="also write the results as JSON to this path")
     return p.parse_args(argv)
 
@@ -125,12 +125,31 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. Peak: a large float32 matmul on one device (XLA's dot uses all cores).
     n = args.matmul_size
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    rng0 = np.random.default_rng(0)
+    a = jnp.asarray(rng0.standard_normal((n, n)), jnp.float32)
     matmul = jax.jit(lambda x, y: x @ y)
     _, mm_s, _, _ = compile_and_time(matmul, a, a, iters=max(args.iters, 3), label="matmul")
     peak = 2 * n**3 / mm_s / 1e9
     results["peak_matmul_gflops"] = peak
     print(f"peak float32 matmul ({n}^3): {peak:.1f} GFLOP/s", flush=True)
+
+    # 2. The decoder's typical conv (3x3, 96 -> 96, 2 x 256 x 256), forward + backward, with XLA's
+    # kernel gradient and with the custom-VJP matmul kernel gradient (cpu_conv.py).
+    conv_rows = []
+    if "conv" not in args.skip:
+        from ssl4sar_jax.models.cpu_conv import conv2d_matmul_grad, conv2d_xla
+
+        x = jnp.asarray(rng0.standard_normal((2, 256, 256, 96)), jnp.float32)
+        k = jnp.asarray(rng0.standard_normal((3, 3, 96, 96)) * 0.03, jnp.float32)
+        conv_gflop = 3 * 2 * 2 * 256 * 256 * 96 * 96 * 9 / 1e9  # fwd + 2 grads
+        for name, conv in (
+            ("xla", lambda x, k: conv2d_xla(x, k, 1, 1)),
+            ("matmul_grad", lambda x, k: conv2d_matmul_grad(x, k, 1)),
+        ):
+            grad = jax.jit(jax.grad(lambda x, k, c=conv: jnp.sum(c(x, k) ** 2), (0, 1)))
+            _, conv_s, _, _ = compile_and_time(grad, x, k, iters=3, label=f"conv {name}")
+            conv_rows.append((name, conv_s, conv_gflop / conv_s))
+        results["conv3x3_fwd_bwd_gflops"] = {name: gf for name, _, gf in conv_rows}
 
     config = ModelConfig.named(
         args.variant, dtype=args.dtype, conv_impl=args.conv_impl, remat=args.remat
@@ -151,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
 
-    # 2. Forward (eval mode).
+    # 3. Forward (eval mode).
     if "forward" not in args.skip:
 
         @jax.jit
@@ -164,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         gflop = nominal * args.batch if nominal else (xla or float("nan"))
         rows.append(("forward", compile_s, step_s, gflop, xla))
 
-    # 3. Train step: forward + backward + SGD with momentum and weight decay.
+    # 4. Train step: forward + backward + SGD with momentum and weight decay.
     if "train" not in args.skip:
         tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))
         opt_state = jax.device_put(tx.init(params), replicated)
@@ -214,6 +233,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{xla if xla is None else round(xla, 1)} | "
             f"{temp_gb_by_label.get(label_of[name], float('nan')):.2f} |"
         )
+    if conv_rows:
+        table += [
+            "",
+            "| conv 3x3 96->96, 2x256x256, fwd+bwd | step (s) | GFLOP/s |",
+            "|---|---|---|",
+        ]
+        table += [f"| {name} | {sec:.3f} | {gf:.1f} |" for name, sec, gf in conv_rows]
     print("\n" + "\n".join(table))
     if args.json:
         tmp = args.json + ".tmp"

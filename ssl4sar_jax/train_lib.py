@@ -482,8 +482,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     flush_losses()
                     metrics_val = run_validation(step)
                     if plateau is not None:
+                        reductions = plateau.num_reductions
                         new_lr = plateau.step(metrics_val[task.plateau_metric])
-                        if new_lr != optim.get_learning_rate(state["opt_state"]):
+                        if plateau.num_reductions > reductions:
                             logging.info("reduce-on-plateau: learning rate -> %g", new_lr)
                             state = {
                                 **state,

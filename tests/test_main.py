@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from test_train_utils import REPO, compilation_cache, data_dir  # noqa: F401
 
 
@@ -72,3 +73,31 @@ def test_main_finetune_smoke_with_validation_mde(tmp_path, data_dir, compilation
     assert 0.0 <= val[-1]["val/zones/iou_mean"] <= 1.0
     assert "Finished (completed) at step 2" in result.stderr
     assert (workdir / "best_checkpoint").is_dir() and (workdir / "curves.png").exists()
+
+
+def test_evaluate_task_scores_a_finetuned_workdir(tmp_path, data_dir, compilation_cache):  # noqa: F811
+    from test_train_utils import load_config, micro_config, model_dict
+
+    from ssl4sar_jax import train_lib
+    from ssl4sar_jax.tasks.evaluate import evaluate
+
+    train_config = micro_config("finetune", "smoke", data_dir)
+    train_config.total_steps = 1
+    train_lib.train_and_evaluate(train_config, str(tmp_path / "ft"))
+    config = load_config("evaluate", "demo")
+    config.model = model_dict()
+    config.checkpoints = (str(tmp_path / "ft"), str(tmp_path / "ft"))  # a 2-member ensemble
+    config.which = "latest"
+    config.context_size, config.centre_size, config.stride = 32, 16, 8
+    config.data.data_dir = data_dir
+    config.max_images = 2
+    config.max_overlays = 1
+    config.tta = True
+    metrics = evaluate(config, str(tmp_path / "eval"))
+    assert metrics["front/num_images"] == 2
+    assert 0.0 <= metrics["zones/iou_mean"] <= 1.0
+    assert (tmp_path / "eval" / "metrics.json").exists()
+    assert (tmp_path / "eval" / "evaluate_info.json").exists()
+    config.checkpoints = (str(tmp_path / "nowhere"),)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        evaluate(config, str(tmp_path / "eval2"))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_train_utils import compilation_cache, data_dir, micro_config, model_dict  # noqa: F401
 
-from ssl4sar_jax import checkpointing, train_lib
+from ssl4sar_jax import checkpointing, metrics_lib, train_lib
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +77,21 @@ def test_init_checkpoint_of_another_architecture_is_refused(translator_workdir, 
     config.init.path = pre_dir
     with pytest.raises(ValueError, match="lacks .* parameters of the model"):
         train_lib.train_and_evaluate(config, str(tmp_path / "ft"))
+
+
+def test_reduce_on_plateau_lowers_the_lr_and_is_checkpointed(data_dir, compilation_cache, tmp_path):  # noqa: F811
+    config = micro_config("pretrain", "smoke_opt_translator", data_dir)
+    config.val.every_steps = 1
+    config.optim.plateau.patience = 0
+    config.optim.plateau.threshold = 0.99  # "better" needs a 100x lower loss: every val is bad
+    summary = train_lib.train_and_evaluate(config, str(tmp_path))
+    # Validations at steps 1, 2, 3: the first sets the best, the next two halve the LR.
+    lrs = {
+        r["step"]: r["train/lr"] for r in metrics_lib.read_history(str(tmp_path)) if "train/lr" in r
+    }
+    assert lrs[1] == pytest.approx(5e-3) and lrs[2] == pytest.approx(5e-3)
+    assert lrs[3] == pytest.approx(2.5e-3)
+    meta = checkpointing.RunCheckpointer(str(tmp_path)).restore_meta()
+    assert meta["plateau"]["lr"] == pytest.approx(1.25e-3)
+    assert meta["plateau"]["num_reductions"] == 2
+    assert summary["final_step"] == 3

@@ -516,9 +516,20 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("import", "export"):
         p = sub.add_parser(name)
-        p.add_argument("--input", required=True)
-        p.add_argument("--output", required=True)
-        p.add_argument("--format", choices=FORMATS, default="tyrion")
+        p.add_argument(
+            "--input",
+            required=True,
+            help=".pth/.ckpt file (import) or .npz parameter file (export)",
+        )
+        p.add_argument(
+            "--output", required=True, help=".npz parameter file (import) or .pth file (export)"
+        )
+        p.add_argument(
+            "--format",
+            choices=FORMATS,
+            default="tyrion",
+            help="microsoft: SwinV2 ImageNet .pth (encoder only); tyrion: Lightning .ckpt",
+        )
         p.add_argument("--variant", default="paper", help="ModelConfig.named variant")
         p.add_argument(
             "--objective",

@@ -74,18 +74,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     batch_sh = sharding_lib.batch_sharding(mesh)
     repl = sharding_lib.replicated(mesh)
 
-    @jax.jit
     def predict(p, r, sar):
         return nnx.merge(graphdef, p, r)(sar)["logits"]
 
     from ssl4sar_jax.train_lib import numpy_predictor
 
+    predict_jit = jax.jit(predict, in_shardings=(repl, repl, batch_sh), out_shardings=batch_sh)
     predict_fns = []
     for path in config.checkpoints:
         member = jax.device_put(_load_member(path, template, config.which), repl)
         predict_fns.append(
             numpy_predictor(
-                jax.jit(predict, in_shardings=(repl, repl, batch_sh), out_shardings=batch_sh),
+                predict_jit,
                 member,
                 jax.device_put(rest, repl),
                 mesh,
