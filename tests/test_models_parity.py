@@ -152,15 +152,15 @@ def _torch_conv(kernel: np.ndarray, bias: np.ndarray, padding: int) -> torch.nn.
     conv = torch.nn.Conv2d(cin, cout, kh, padding=padding)
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()))
-        conv.bias.copy_(torch.from_numpy(bias))
+        conv.bias.copy_(torch.from_numpy(np.array(bias)))
     return conv
 
 
 def _torch_gn(norm: nnx.GroupNorm, channels: int) -> torch.nn.GroupNorm:
     gn = torch.nn.GroupNorm(32, channels, eps=1e-6)
     with torch.no_grad():
-        gn.weight.copy_(torch.from_numpy(np.asarray(norm.scale[...])))
-        gn.bias.copy_(torch.from_numpy(np.asarray(norm.bias[...])))
+        gn.weight.copy_(torch.from_numpy(np.array(norm.scale[...])))
+        gn.bias.copy_(torch.from_numpy(np.array(norm.bias[...])))
     return gn
 
 
