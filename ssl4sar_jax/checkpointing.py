@@ -294,6 +294,7 @@ def transfer_params(
         raise ValueError(
             f"{len(mismatched)} parameters of {source_name} have other shapes than the model: "
             + "; ".join(mismatched[:10])
+            + ". Use a checkpoint of the same architecture (same config.model)."
         )
     patterns = [re.compile(p) for p in allow_missing]
     not_allowed = [m for m in missing if not any(p.search(m) for p in patterns)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -43,14 +44,22 @@ def prepare_sources(config, dataset_name: str) -> dict[str, Any]:
 
     data_dir = base.data_dir_of(config)
     kwargs = dict(config=config.data.config, data_dir=data_dir)
-    if config.data.get("manual_dir"):
-        kwargs["manual_dir"] = config.data.manual_dir
-    if not config.data.get("prepare", True) and hasattr(data, "is_prepared"):
-        if not data.is_prepared(dataset_name, config=config.data.config, data_dir=data_dir):
+    manual_dir = config.data.get("manual_dir") or ""
+    if manual_dir:
+        kwargs["manual_dir"] = os.path.expanduser(manual_dir)
+    prepared = _is_prepared(dataset_name, config.data.config, data_dir)
+    if not prepared and config.data.config != "synthetic":
+        if not config.data.get("prepare", True):
             raise FileNotFoundError(
                 f"Dataset {dataset_name}/{config.data.config} is not prepared in {data_dir}. "
-                "Prepare it (see docs/data.md), or run with --config.data.prepare=True "
-                "(and --config.data.manual_dir=<folder with the raw archive> for real data)."
+                "Prepare it (docs/data.md) or run with --config.data.prepare=True."
+            )
+        if manual_dir and not os.path.isdir(kwargs["manual_dir"]):
+            raise FileNotFoundError(
+                f"Dataset {dataset_name}/{config.data.config} is not prepared in {data_dir} and "
+                f"config.data.manual_dir={manual_dir!r} does not exist. Point "
+                "--config.data.manual_dir at the folder with the downloaded archive "
+                "(docs/data.md), or use --config.data.config=synthetic for a demo."
             )
     try:
         return data.prepare(dataset_name, **kwargs)
@@ -60,6 +69,19 @@ def prepare_sources(config, dataset_name: str) -> dict[str, Any]:
             "For the real datasets set --config.data.manual_dir to the folder with the "
             "downloaded archive (docs/data.md); for a demo use config 'synthetic'."
         ) from err
+
+
+def _is_prepared(name: str, config_name: str, data_dir: str) -> bool:
+    """Whether TFDS already holds the prepared dataset (no build, no download)."""
+    try:
+        import tensorflow_datasets as tfds
+
+        import ssl4sar_jax  # noqa: F401  (registers the builders)
+
+        builder = tfds.builder(name, config=config_name, data_dir=data_dir)
+        return bool(builder.is_prepared())
+    except Exception:  # unknown config etc.: let data.prepare report it
+        return False
 
 
 class FinetuneTask(base.Task):
