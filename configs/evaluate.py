@@ -16,6 +16,7 @@ from ssl4sar_jax.models import ModelConfig
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config of variant ``arg`` (see the module docstring)."""
     variant = arg or "paper"
     if variant not in ("paper", "demo"):
         raise ValueError(f"unknown evaluate variant {variant!r}: paper | demo")

@@ -46,6 +46,7 @@ def _sampler(**overrides):
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config of variant ``arg`` (see the module docstring)."""
     variant = arg or "opt_simmim"
     if variant not in VARIANTS:
         raise ValueError(f"unknown pretrain variant {variant!r}: one of {VARIANTS}")

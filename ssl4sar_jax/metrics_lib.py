@@ -19,6 +19,8 @@ import numpy as np
 from absl import logging
 
 HISTORY_FILE = "metrics.jsonl"
+# The value the reference logs for an undefined validation MDE.
+MDE_UNDEFINED = 7777.0
 
 
 class _QuietOrbax:
@@ -197,7 +199,22 @@ def plot_curves(workdir: str, out_path: str | None = None, title: str = "") -> s
     for ax, (name, ks) in zip(axes[0], panels, strict=True):
         for key in ks:
             pts = series(key)
-            if len(pts):
+            if key == "val/front/mde_m" and len(pts):
+                # 7777 is the reference's "no predicted front" value: mark it, don't plot it.
+                undefined = pts[pts[:, 1] >= MDE_UNDEFINED]
+                pts = pts[pts[:, 1] < MDE_UNDEFINED]
+                if len(undefined):
+                    ax.plot(
+                        undefined[:, 0], np.zeros(len(undefined)), "rx", label="no predicted front"
+                    )
+                    ax.legend(fontsize=7)
+            if len(pts) >= 10 and key.startswith("train/loss"):
+                ax.plot(pts[:, 0], pts[:, 1], alpha=0.3, label=key)
+                width = max(2, len(pts) // 10)
+                smooth = np.convolve(pts[:, 1], np.ones(width) / width, mode="valid")
+                ax.plot(pts[width - 1 :, 0], smooth, label=f"mean of {width} logs")
+                ax.legend(fontsize=7)
+            elif len(pts):
                 ax.plot(
                     pts[:, 0],
                     pts[:, 1],

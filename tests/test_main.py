@@ -59,6 +59,10 @@ def test_main_finetune_smoke_with_validation_mde(tmp_path, data_dir, compilation
             "--config.model.conv_impl=xla",
             "--config.data.sampler.context_size=32",
             "--config.data.sampler.centre_size=16",
+            # Same program as the in-process fine-tuning tests (persistent compilation cache).
+            "--config.num_devices=1",
+            "--config.batch_size=8",
+            "--config.grad_accum_steps=2",
         ],
         env_extra={
             "JAX_COMPILATION_CACHE_DIR": compilation_cache,

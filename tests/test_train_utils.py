@@ -49,6 +49,9 @@ def micro_config(
     if config.task == "finetune":
         config.data.sampler.context_size = size
         config.data.sampler.centre_size = size // 2
+        # One batch layout for every fine-tuning test, so they share compiled programs.
+        config.batch_size = 8
+        config.grad_accum_steps = 2
     else:
         config.data.sampler.crop_size = size
     config.num_devices = num_devices

@@ -19,11 +19,11 @@ import jax.numpy as jnp
 from absl import logging
 from flax import nnx
 
-from ssl4sar_jax import losses
+from ssl4sar_jax import losses, metrics_lib
 from ssl4sar_jax.tasks import base
 
 # Value the reference logs for an undefined val MDE (no image with a predicted front).
-UNDEFINED_MDE = 7777.0
+UNDEFINED_MDE = metrics_lib.MDE_UNDEFINED
 
 
 def _sampler_kwargs(cls, values: Mapping[str, Any]) -> dict[str, Any]:
