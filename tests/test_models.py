@@ -347,3 +347,25 @@ def test_forward_with_batch_sharded_over_explicit_mesh():
         target = patchify(jax.device_put(jnp.ones((2, 32, 32, 14)), sharded), 4)
         assert target.shape == (2, 64, 224)
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
+
+
+def test_gradients_are_finite_when_masked_tokens_are_exactly_zero():
+    """OptSimMIM zeroes masked tokens; with q_bias = 0 and no k bias, q and k are then zero vectors.
+
+    A plain ``jnp.linalg.norm`` has a NaN gradient there; the cosine attention must not.
+    """
+    from ssl4sar_jax.models import OptSimMIMModel
+
+    config = ModelConfig.named("tiny")
+    model = OptSimMIMModel(config, rngs=nnx.Rngs(0))
+    tokens = config.img_size // config.patch_size
+    sar = jnp.zeros((1, config.img_size, config.img_size, 1), jnp.float32)
+    token_mask = jnp.ones((1, tokens, tokens), bool)
+
+    def loss_fn(m):
+        return jnp.mean(m(sar, token_mask) ** 2)
+
+    grads = nnx.grad(loss_fn)(model)
+    leaves = jax.tree.leaves(grads)
+    assert leaves
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)

@@ -164,6 +164,17 @@ class PatchEmbed(nnx.Module):
         return self.norm(self.proj(x))
 
 
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    """``x / max(||x||, eps)`` over the last axis, like torch ``F.normalize``.
+
+    The norm is taken as ``sqrt(max(sum(x^2), eps^2))`` rather than ``jnp.linalg.norm``: the
+    latter's gradient is 0/0 = NaN for an all-zero vector, which OptSimMIM produces (masked tokens
+    are exactly zero and k has no bias). Both give the same forward values.
+    """
+    sum_sq = jnp.sum(x * x, axis=-1, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(sum_sq, NORMALIZE_EPS**2))
+
+
 class WindowAttention(nnx.Module):
     """SwinV2 cosine window attention with continuous relative position bias.
 
@@ -224,8 +235,8 @@ class WindowAttention(nnx.Module):
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # [B, nW, N, h, d]
         # Cosine similarity in float32 (the logits reach +-100 after scaling).
         q32, k32 = q.astype(jnp.float32), k.astype(jnp.float32)
-        q32 = q32 / jnp.maximum(jnp.linalg.norm(q32, axis=-1, keepdims=True), NORMALIZE_EPS)
-        k32 = k32 / jnp.maximum(jnp.linalg.norm(k32, axis=-1, keepdims=True), NORMALIZE_EPS)
+        q32 = _l2_normalize(q32)
+        k32 = _l2_normalize(k32)
         dt = windows.dtype
         logits = jnp.einsum(
             "bwqhd,bwkhd->bwhqk", q32.astype(dt), k32.astype(dt), preferred_element_type=jnp.float32
