@@ -30,7 +30,20 @@ RESOLUTIONS_M: tuple[int, ...] = (20, 17, 12, 7, 6)
 # B1..B12 with B8A (bands 1..12), then WVP (14) and SCL (15); band 13 (AOT) is skipped.
 OPTICAL_BAND_INDICES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 15)
 OPTICAL_BAND_NAMES: tuple[str, ...] = (
-    "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B11", "B12", "WVP", "SCL",
+    "B1",
+    "B2",
+    "B3",
+    "B4",
+    "B5",
+    "B6",
+    "B7",
+    "B8",
+    "B8A",
+    "B9",
+    "B11",
+    "B12",
+    "WVP",
+    "SCL",
 )
 NUM_OPTICAL_BANDS = 14
 
