@@ -21,6 +21,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+# The OptSimMIM target layout is defined once, next to the head whose output it matches.
+from ssl4sar_jax.models.pretrain_heads import patchify  # noqa: F401  (re-exported)
+
 DICE_SMOOTH = 1e-5
 
 
@@ -156,28 +159,6 @@ def finetune_loss(
     )
     terms["loss"] = loss
     return loss, terms
-
-
-def patchify(images: jax.Array, patch: int) -> jax.Array:
-    """Cut ``[B, H, W, C]`` into row-major tokens of ``patch × patch × C`` values.
-
-    Same element order as lightly's ``patchify`` on NCHW input: per token ``(py, px, c)``,
-    channel fastest.
-
-    Args:
-        images: ``[B, H, W, C]``.
-        patch: Patch side; must divide ``H`` and ``W``.
-
-    Returns:
-        ``[B, (H/p)·(W/p), p·p·C]``.
-    """
-    batch, height, width, channels = images.shape
-    if height % patch or width % patch:
-        raise ValueError(f"image {height}x{width} is not divisible by the patch size {patch}")
-    rows, cols = height // patch, width // patch
-    x = images.reshape(batch, rows, patch, cols, patch, channels)
-    x = x.transpose(0, 1, 3, 2, 4, 5)  # [B, rows, cols, py, px, C]
-    return x.reshape(batch, rows * cols, patch * patch * channels)
 
 
 def masked_l1_loss(predictions: jax.Array, targets: jax.Array, token_mask: jax.Array) -> jax.Array:

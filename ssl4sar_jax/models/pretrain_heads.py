@@ -21,7 +21,7 @@ from flax import nnx
 
 from ssl4sar_jax.models.config import ModelConfig, as_config
 from ssl4sar_jax.models.layers import Conv2d, layer_norm, torch_default_linear
-from ssl4sar_jax.models.segmenter import SSL4SARSegmenter
+from ssl4sar_jax.models.segmenter import SSL4SARSegmenter, feature_head
 
 
 def patchify(images: jax.Array, patch_size: int) -> jax.Array:
@@ -83,14 +83,7 @@ class OptSimMIMModel(nnx.Module):
         config = as_config(config)
         self.config = config
         self.backbone = SSL4SARSegmenter(config, rngs=rngs)
-        self.reconstruct = Conv2d(
-            config.embed_dim,
-            config.mim_reconstruction_channels,
-            1,
-            dtype=config.compute_dtype,
-            matmul_grad=config.use_matmul_grad_conv(),
-            rngs=rngs,
-        )
+        self.reconstruct = feature_head(config, config.mim_reconstruction_channels, rngs=rngs)
         self.reembed = ReEmbed(config, rngs=rngs)
         out = config.patch_size * config.patch_size * config.optical_channels
         self.predict = torch_default_linear(
@@ -137,14 +130,7 @@ class OptTranslatorModel(nnx.Module):
         config = as_config(config)
         self.config = config
         self.backbone = SSL4SARSegmenter(config, rngs=rngs)
-        self.translate = Conv2d(
-            config.embed_dim,
-            config.optical_channels,
-            1,
-            dtype=config.compute_dtype,
-            matmul_grad=config.use_matmul_grad_conv(),
-            rngs=rngs,
-        )
+        self.translate = feature_head(config, config.optical_channels, rngs=rngs)
 
     def __call__(self, sar: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """``[B, H, W, 1]`` -> float32 ``[B, H, W, optical_channels]`` (no output activation)."""

@@ -59,6 +59,22 @@ def check_token_mask(token_mask: jax.Array, config: ModelConfig, batch: int) -> 
         )
 
 
+def feature_head(config: ModelConfig, out_channels: int, *, rngs: nnx.Rngs) -> Conv2d:
+    """1x1 conv on the decoder features ``[B, H, W, embed_dim] -> [B, H, W, out_channels]``.
+
+    The zone head and both pretraining heads are this layer (PyTorch default init, the CPU
+    matmul-gradient path where enabled).
+    """
+    return Conv2d(
+        config.embed_dim,
+        out_channels,
+        1,
+        dtype=config.compute_dtype,
+        matmul_grad=config.use_matmul_grad_conv(),
+        rngs=rngs,
+    )
+
+
 class SSL4SARSegmenter(nnx.Module):
     """SwinV2 encoder + residual CNN decoder + 1x1 head (TYRION ``Tyrion``), NHWC.
 
@@ -73,14 +89,7 @@ class SSL4SARSegmenter(nnx.Module):
         self.config = config
         self.encoder = SwinV2Encoder(config, rngs=rngs)
         self.decoder = Decoder(config, rngs=rngs)
-        self.head = Conv2d(
-            config.embed_dim,
-            config.num_classes,
-            1,
-            dtype=config.compute_dtype,
-            matmul_grad=config.use_matmul_grad_conv(),
-            rngs=rngs,
-        )
+        self.head = feature_head(config, config.num_classes, rngs=rngs)
 
     def __call__(
         self,
