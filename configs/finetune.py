@@ -97,6 +97,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 313
     c.checkpoint.keep = 2
     c.checkpoint.async_save = True
+    # Save only healthy states: finite, loss and l2_params within this factor of their recent
+    # median (0 = finite only); stop after max_refused_saves refused saves in a row.
+    c.checkpoint.health_factor = 10.0
+    c.checkpoint.max_refused_saves = 3
+    # Workdir rules (docs/training.md, "Workdir guarantees"): start anew in a workdir with
+    # history (old files are moved to overwritten/); accept meaning-changing config keys on
+    # resume, e.g. "seed,batch_size" ("*" = any).
+    c.overwrite = False
+    c.allow_config_change = ""
 
     c.init = ml_collections.ConfigDict()
     c.init.mode = "imagenet"  # scratch | imagenet | workdir | tyrion

@@ -43,8 +43,9 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from ssl4sar_jax import checkpointing, metrics_lib, optim
+from ssl4sar_jax import checkpointing, health, metrics_lib, optim
 from ssl4sar_jax import sharding as sharding_lib
+from ssl4sar_jax import workdir as workdir_lib
 from ssl4sar_jax.tasks import base as task_base
 from ssl4sar_jax.tasks import get_task
 
@@ -288,6 +289,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     metrics_lib.quiet_orbax_logs()
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
+    # One writer per workdir: a second run stops here, naming the holder.
+    with workdir_lib.acquire(workdir):
+        return _train_and_evaluate(config, workdir, t_start)
+
+
+def _train_and_evaluate(config, workdir, t_start):
     task = get_task(config)
     devices = _devices(config)
     mesh = sharding_lib.make_mesh([tuple(a) for a in config.mesh], devices)
@@ -297,6 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # Data first: a missing dataset must fail before any compilation or checkpoint work.
     sources = task.prepare_data()
+    task_base.check_splits(sources, task.required_splits())
 
     tx = optim.make_optimizer(config)
     seed = int(config.seed)
@@ -310,9 +318,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     expected_shapes = checkpointing.param_shapes(abstract_state["params"])
     param_count = count_params(abstract_state["params"])
 
-    checkpointer = checkpointing.RunCheckpointer(
-        workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
-    )
+    # The newest verified checkpoint (corrupt/incomplete ones are reported and moved aside);
+    # none: the workdir must be free of history unless config.overwrite.
+    checkpointer, resume_point = checkpointing.open_run(config, workdir)
+    monitor = health.Health(factor=float(config.checkpoint.get("health_factor", 10.0)))
     plateau = None
     if task.plateau_metric and config.optim.get("plateau", None) and config.optim.plateau.enabled:
         p = config.optim.plateau
@@ -330,24 +339,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # One jitted init creates the sharded state directly (never materialised on one device).
     state, rest = jax.jit(init_fn, out_shardings=(state_sh, rest_sh))()
-    latest = checkpointer.latest_step()
-    if latest is not None:
+    config_changes = []
+    # The newest healthy checkpoint and the rate it was trained with (for the NaN advice).
+    last_good: dict[str, Any] = {"step": None, "lr": None, "refused": 0}
+    if resume_point is not None:
         # Resume: the workdir's own checkpoint wins over config.init.
-        logging.info("Resuming from %s/checkpoints/%d", workdir, latest)
         abstract_target = sharding_lib.with_shardings(abstract_state, state_sh)
         del state  # free the fresh state before restoring
-        state, meta = checkpointer.restore(abstract_target, expected_shapes)
+        try:
+            restored = checkpointing.restore_run(
+                config, checkpointer, resume_point, abstract_target, expected_shapes
+            )
+        except BaseException:  # refused config change, other model...: nothing was written
+            checkpointer.close()
+            raise
+        state, meta, config_changes = restored.state, restored.meta, restored.changes
+        new_lr = restored.new_learning_rate
         if meta.get("data_iter") is not None:
             iterator.set_state(meta["data_iter"])
         if plateau is not None and meta.get("plateau"):
             plateau.load_state_dict(meta["plateau"])
+        if plateau is not None and new_lr is not None:
+            plateau.lr = new_lr
         best_value = meta.get("best")
+        last_good.update(step=resume_point.step, lr=restored.restored_learning_rate)
+        monitor.load_state_dict(meta.get("health_window"))
     else:
         state, init_report = _initialise_from(config, task, state, state_sh, tx)
     first_step = int(jax.device_get(state["step"]))
+    monitor.record({"l2_params": float(jax.jit(optax.tree.norm)(state["params"]))}, seed=True)
+    config_dict = checkpointing.config_to_dict(config)
+    workdir_lib.record_config(
+        workdir,
+        config_dict,
+        first_step,
+        config_changes,
+        event="resume" if resume_point is not None else "start",
+    )
 
     if jax.process_index() == 0:
-        _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
         info = {
             "task": config.task,
             "objective": task.objective,
@@ -403,7 +433,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "plateau": plateau.state_dict() if plateau is not None else None,
             "best": best_value,
             "selection_metric": task.selection_metric,
+            "config": config_dict,
+            "health": monitor.summary(),
+            "health_window": monitor.state_dict(),
         }
+
+    def current_lr() -> float:
+        return float(plateau.lr if plateau is not None else config.optim.learning_rate)
+
+    def advice() -> str:
+        return health.advice(last_good["step"], workdir, config, last_good["lr"])
+
+    def save(step: int, best: bool = False) -> None:
+        """Save a checkpoint if the state is healthy (finite, not exploding)."""
+        reason = monitor.last_reason
+        if reason is not None:
+            logging.warning(
+                "Not saving %s checkpoint at step %d: %s. The last good checkpoint stays step %s.",
+                "the best" if best else "a",
+                step,
+                reason,
+                last_good["step"],
+            )
+            if not best:
+                last_good["refused"] += 1
+                if last_good["refused"] >= int(config.checkpoint.get("max_refused_saves", 3)):
+                    raise health.DivergenceError(
+                        f"The run is diverging: {reason} at step {step}, and "
+                        f"{last_good['refused']} checkpoints in a row were refused. The last "
+                        f"good checkpoint is step {last_good['step']}. " + advice()
+                    )
+            return
+        checkpointer.save(step, state, meta_for(step), best=best)
+        if not best:
+            last_good.update(step=step, lr=current_lr(), refused=0)
 
     val_history: list[dict[str, float]] = []
 
@@ -436,7 +499,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         value = metrics.get(task.selection_metric)
         if _is_better(value, best_value, task.selection_mode):
             best_value = float(value)
-            checkpointer.save(step, state, meta_for(step), best=True)
+            save(step, best=True)
             logging.info("new best %s = %.4f at step %d", task.selection_metric, value, step)
         return metrics
 
@@ -445,7 +508,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         total_steps, first_step, config.batch_size, config.log_every_steps
     )
     pending_losses: list[tuple[int, jax.Array]] = []
-    last_saved = checkpointer.latest_step()
     train_metrics: dict[str, float] = {}
     stopped = "completed"
 
@@ -453,7 +515,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         """Check every step's loss since the last check (exact step of a NaN/Inf)."""
         values = jax.device_get([v for _, v in pending_losses])
         for (s, _), v in zip(pending_losses, values, strict=True):
-            metrics_lib.check_finite({"loss": float(v)}, s, last_saved)
+            v = {k: float(x) for k, x in v.items()}
+            monitor.record(v)
+            metrics_lib.check_finite(v, s, last_good["step"], advice())
         pending_losses.clear()
 
     if first_step == 0 and config.val.at_start and config.val.every_steps > 0:
@@ -468,7 +532,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 batch = to_global(local_batch)
                 state, metrics = train_step(state, rest, batch, base_key)
                 step += 1
-                pending_losses.append((step, metrics["loss"]))
+                # A failed background save stops the run here, naming the path and OS error.
+                checkpointer.check(at_step=step)
+                pending_losses.append(
+                    (step, {"loss": metrics["loss"], "l2_params": metrics["l2_params"]})
+                )
                 if step == first_step + 1:
                     progress.reset_timer(step)  # exclude compilation from steps/s
                 if step % config.log_every_steps == 0 or step == total_steps:
@@ -503,8 +571,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 )
                 if periodic or step == total_steps or preempted:
                     flush_losses()
-                    checkpointer.save(step, state, meta_for(step))
-                    last_saved = step
+                    save(step)
                 if preempted:
                     stopped = "preempted"
                     break
@@ -512,15 +579,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if max_steps and step >= max_steps:
                     # Simulated interruption (tests, time-boxed jobs): state is saved, exit cleanly.
                     flush_losses()
-                    checkpointer.save(step, state, meta_for(step))
-                    last_saved = step
+                    save(step)
                     stopped = "stop_after_steps"
                     break
-    finally:
+    except BaseException:
         # Pending async saves are committed even when the run stops on an error.
         checkpointer.close()
-        writer.flush()
         writer.close()
+        raise
+    # A failed final (or preemption) save is an error, never a clean exit.
+    save_error = checkpointer.close()
+    writer.flush()
+    writer.close()
+    if save_error is not None:
+        raise save_error
     curves = None
     if jax.process_index() == 0:
         curves = metrics_lib.plot_curves(
