@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -274,10 +275,10 @@ class ResumePoint:
 
 
 def _quarantine(workdir: str, check: StepCheck) -> str:
-    """Move an unusable step folder out of orbax's sight, into ``{workdir}/corrupt_checkpoints``."""
+    """Move a step folder out of orbax's sight, into ``{workdir}/corrupt_checkpoints``."""
     parent = os.path.basename(os.path.dirname(check.path))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = os.path.join(workdir, QUARANTINE_DIR, f"{parent}-{check.step}-{stamp}")
+    target = os.path.join(workdir, QUARANTINE_DIR, f"{parent}-{check.step}-{check.status}-{stamp}")
     os.makedirs(os.path.dirname(target), exist_ok=True)
     os.replace(check.path, target)
     return target
@@ -298,7 +299,8 @@ def select_resume_point(workdir: str, quarantine: bool = True) -> ResumePoint | 
     and the reason (missing file, checksum mismatch, empty folder...). Only when no checkpoint
     is verified, the newest complete *unverified* one (no manifest: an older version's) is used,
     with a warning. Invalid step folders are moved to ``{workdir}/corrupt_checkpoints/`` (when
-    ``quarantine``) so that orbax neither restores nor counts them.
+    ``quarantine``), and so are the unused periodic steps newer than the resume point, so that
+    orbax neither restores nor counts them.
 
     Multi-process runs: call it on every process; process 0 decides (and moves folders), the
     others receive its choice.
@@ -351,7 +353,11 @@ def _select_resume_point(workdir: str, quarantine: bool) -> ResumePoint | None:
         if chosen is not None and check.path == chosen.path:
             continue
         moved = ""
-        if quarantine and check.status == "invalid":
+        # Invalid folders, and every periodic step newer than the resume point (it will be
+        # recomputed; left in place, orbax would count it and the loop would not save it again).
+        periodic = os.path.basename(os.path.dirname(check.path)) == CHECKPOINT_DIR
+        newer = chosen is not None and periodic and (chosen.best or check.step > chosen.step)
+        if quarantine and (check.status == "invalid" or newer):
             moved = f"; moved to {_quarantine(workdir, check)}"
         if chosen is not None:
             logging.warning(
@@ -392,6 +398,44 @@ class _OrbaxErrorStash:
         return True
 
 
+class _AfterFailureNoise:
+    """Drop the echoes of a failed TensorStore write, once the failure has been reported.
+
+    When one write of a save fails (e.g. ENOSPC), orbax's event loop ends while TensorStore
+    still completes the other writes of that save; each completion then prints
+    ``RuntimeError: Event loop is closed`` (through ``sys.excepthook``), and the abandoned
+    write coroutines print "Exception ignored" at exit (``sys.unraisablehook``): hundreds of
+    lines that would bury the one error that matters. Installed only after a failed save;
+    anything else still goes to the previous hooks.
+    """
+
+    installed = False
+    dropped = 0
+
+    @classmethod
+    def install(cls) -> None:
+        if cls.installed:
+            return
+        cls.installed = True
+        previous_except, previous_unraisable = sys.excepthook, sys.unraisablehook
+
+        def excepthook(kind, value, tb):
+            if kind is RuntimeError and "Event loop is closed" in str(value):
+                cls.dropped += 1
+                return
+            previous_except(kind, value, tb)
+
+        def unraisablehook(unraisable):
+            if "serializ" in repr(getattr(unraisable, "object", "")) or isinstance(
+                unraisable.exc_value, (ImportError, RuntimeError)
+            ):
+                cls.dropped += 1
+                return
+            previous_unraisable(unraisable)
+
+        sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+
+
 def _error_text(err: BaseException, limit: int = 800) -> str:
     """The most useful line of an exception chain: an OSError's text, else the first line."""
     seen = err
@@ -423,7 +467,9 @@ class RunCheckpointer:
     def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
         self.workdir = os.path.abspath(workdir)
         self.async_save = bool(async_save)
-        options = dict(enable_async_checkpointing=False, create=True)
+        # orbax itself saves synchronously, in our thread; temporary folders of a killed save
+        # are removed when the managers are created.
+        options = dict(enable_async_checkpointing=False, create=True, cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(
             os.path.join(self.workdir, CHECKPOINT_DIR),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options),
@@ -497,6 +543,7 @@ class RunCheckpointer:
             )
             self._error.__cause__ = err
             self._stash.held = []
+            _AfterFailureNoise.install()
         finally:
             self._stash.active = False
             logger.removeFilter(self._stash)
