@@ -119,3 +119,23 @@ def test_input_size_has_one_home(data_dir):  # noqa: F811
     config.data.sampler.context_size = 32
     with pytest.raises(ValueError, match="sampler.context_size is not a setting.*img_size"):
         tasks.get_task(config)
+
+
+def test_evaluation_and_steps_do_not_import_the_loop():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ssl4sar_jax.tasks.evaluate, ssl4sar_jax.steps, ssl4sar_jax.tasks; "
+        "print('ssl4sar_jax.train_lib' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_segmenter_does_not_import_the_pretraining_heads():
+    import inspect
+
+    from ssl4sar_jax.models import segmenter
+
+    assert "pretrain_heads" not in inspect.getsource(segmenter)
