@@ -71,16 +71,12 @@ def main(argv: list[str]) -> int:
         jax.process_count(),
         jax.devices(),
     )
-    if config.task == "evaluate":
-        from ssl4sar_jax.tasks.evaluate import evaluate
-
-        evaluate(config, _WORKDIR.value)
-        return 0
-    from ssl4sar_jax import train_lib
+    from ssl4sar_jax import tasks
     from ssl4sar_jax import workdir as workdir_lib
 
+    entry = tasks.get_entry(config.task)
     try:
-        summary = train_lib.train_and_evaluate(config, _WORKDIR.value)
+        result = entry.run(config, _WORKDIR.value)
     except workdir_lib.WorkdirLockedError as err:
         logging.error("%s", err)
         return workdir_lib.EXIT_LOCKED
@@ -88,6 +84,32 @@ def main(argv: list[str]) -> int:
         # Errors whose message says what is wrong and what to do: no traceback.
         logging.error("%s: %s", type(err).__name__, err)
         return workdir_lib.EXIT_ERROR
+    if entry.trains:
+        _log_summary(result)
+        if result["stopped"] == "preempted":
+            # Distinct from a finished run, so a scheduler knows to requeue (state is saved).
+            return workdir_lib.EXIT_PREEMPTED
+    return workdir_lib.EXIT_OK
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Refusals whose message says what is wrong and what to do (logged without traceback)."""
+    from ssl4sar_jax import checkpointing, health, metrics_lib
+    from ssl4sar_jax import workdir as workdir_lib
+
+    return (
+        workdir_lib.WorkdirHistoryError,
+        workdir_lib.ConfigChangeError,
+        checkpointing.CheckpointSaveError,
+        checkpointing.CheckpointIntegrityError,
+        checkpointing.CheckpointMismatchError,
+        metrics_lib.NonFiniteLossError,
+        health.DivergenceError,
+    )
+
+
+def _log_summary(summary: dict) -> None:
+    """First -> last validation metrics and how the run ended."""
     history = summary["val_history"]
     if history:
         first, last = history[0], history[-1]
@@ -106,25 +128,6 @@ def main(argv: list[str]) -> int:
         summary["stopped"],
         summary["final_step"],
         summary["wall_time_s"],
-    )
-    if summary["stopped"] == "preempted":
-        # Distinct from a finished run, so a scheduler knows to requeue (state is saved).
-        return workdir_lib.EXIT_PREEMPTED
-    return workdir_lib.EXIT_OK
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from ssl4sar_jax import checkpointing, health, metrics_lib
-    from ssl4sar_jax import workdir as workdir_lib
-
-    return (
-        workdir_lib.WorkdirHistoryError,
-        workdir_lib.ConfigChangeError,
-        checkpointing.CheckpointSaveError,
-        checkpointing.CheckpointIntegrityError,
-        checkpointing.CheckpointMismatchError,
-        metrics_lib.NonFiniteLossError,
-        health.DivergenceError,
     )
 
 
