@@ -203,9 +203,14 @@ def test_sigterm_during_a_checkpoint_write_saves_then_resumes_exactly(
     workdir = str(tmp_path / "run")
     config = make_config(total_steps=6, **{"checkpoint.async_save": True})
     summary = train_lib.train_and_evaluate(config, workdir)
-    assert summary["stopped"] == "preempted" and summary["final_step"] in (2, 3)
+    # The signal arrives in the save thread while step 2 is written; the loop stops at the
+    # first step boundary after it (when depends on the write time), after a clean save.
+    assert summary["stopped"] == "preempted" and 2 <= summary["final_step"] < 6
     monkeypatch.setattr(checkpointing, "write_manifest", original)
-    assert checkpointing.verify_step_dir(os.path.join(workdir, "checkpoints", "2")).verified
+    for step in {2, summary["final_step"]}:
+        assert checkpointing.verify_step_dir(
+            os.path.join(workdir, "checkpoints", str(step))
+        ).verified
     resumed = train_lib.train_and_evaluate(config, workdir)
     assert resumed["final_step"] == 6
     params, losses = reference_run
@@ -301,7 +306,7 @@ def watch():
         time.sleep(0.001)
 threading.Thread(target=watch, daemon=True).start()
 from ssl4sar_jax import data
-data.prepare("caffe", "synthetic", tfds_dir={tfds_dir!r})
+data.prepare("caffe", "synthetic", data_dir={tfds_dir!r})
 print("prepared (the kill came too late)")
 """
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
@@ -313,7 +318,7 @@ print("prepared (the kill came too late)")
 
     from ssl4sar_jax import data
 
-    builder = tfds.builder("caffe", config="synthetic", tfds_dir=tfds_dir)
+    builder = tfds.builder("caffe", config="synthetic", data_dir=tfds_dir)
     assert not builder.is_prepared()
-    sources = data.prepare("caffe", "synthetic", tfds_dir=tfds_dir)
+    sources = data.prepare("caffe", "synthetic", data_dir=tfds_dir)
     assert builder.is_prepared() and all(len(s) > 0 for s in sources.values())

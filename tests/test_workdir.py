@@ -318,10 +318,10 @@ def test_missing_or_empty_split_is_reported_before_training():
 
 
 def test_evaluation_refuses_a_pretraining_checkpoint(tmp_path):
-    from ssl4sar_jax.tasks import evaluate as evaluate_task
+    from ssl4sar_jax.tasks.evaluate import check_segmenter_checkpoint
 
     _save_steps(tmp_path / "pre", (3,), meta={"task": "pretrain", "objective": "opt_simmim"})
     with pytest.raises(ValueError, match=r"task 'pretrain' \(objective 'opt_simmim'\)"):
-        evaluate_task.check_segmenter_checkpoint(str(tmp_path / "pre"), "best")
+        check_segmenter_checkpoint(str(tmp_path / "pre"), "best")
     _save_steps(tmp_path / "ft", (3,), meta={"task": "finetune", "objective": "segment"})
-    evaluate_task.check_segmenter_checkpoint(str(tmp_path / "ft"), "best")
+    check_segmenter_checkpoint(str(tmp_path / "ft"), "best")
