@@ -591,6 +591,26 @@ class RunCheckpointer:
         self.best_manager.close()
         return error
 
+    def retract(self, step: int, reason: str) -> str | None:
+        """Withdraw periodic checkpoint ``step`` (found diverged after it was saved).
+
+        The folder is moved to ``{workdir}/corrupt_checkpoints/`` (kept for inspection, out of
+        orbax's sight) on process 0. Returns the new path, or None if there was no such step.
+        """
+        self.wait()
+        step_dir = os.path.join(self._directory(False), str(step))
+        target = None
+        if jax.process_index() == 0 and os.path.isdir(step_dir):
+            target = _quarantine(self.workdir, StepCheck(step_dir, step, "diverged", reason))
+            logging.warning("Checkpoint %s withdrawn (%s); moved to %s", step_dir, reason, target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"ssl4sar_retract_{step}")
+        self.manager.reload()
+        self.last_committed[False] = self.manager.latest_step()
+        return target
+
     # ------------------------------------------------------------------ restoring
     def latest_step(self) -> int | None:
         """Step of the newest periodic checkpoint, or None."""

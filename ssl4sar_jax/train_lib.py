@@ -113,10 +113,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     loop = LoopState(
         state=setup.state,
         step=setup.first_step,
+        first_step=setup.first_step,
         best=setup.best,
         last_saved=setup.resumed_from,
         last_good_lr=setup.restored_lr,
     )
+    if setup.resumed_from is not None:
+        loop.good_saves.append((setup.resumed_from, setup.restored_lr))
 
     # ----------------------------------------------------------------- compiled steps
     compiled = compile_steps(config, task, mesh, setup)
@@ -131,7 +134,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     )
     meta = CheckpointMeta(config, task, setup, iterator, plateau, monitor)
     save = HealthySave(config, checkpointer, meta, monitor, plateau, workdir)
-    guard = LossGuard(monitor, save.advice)
+    guard = LossGuard(monitor, save)
     preemption = Preemption()
     validator = Validator(config, task, sources, compiled, setup.rest, mesh, workdir)
     validator.connect(writer, progress, save)
@@ -474,13 +477,19 @@ class LoopState:
 
     state: TrainState
     step: int
+    first_step: int = 0
     best: float | None = None
     last_saved: int | None = None  # the newest healthy checkpoint ("last good")
     last_good_lr: float | None = None  # the learning rate it was trained with
     refused_saves: int = 0  # unhealthy states not saved, in a row
+    good_saves: list[tuple[int, float | None]] = dataclasses.field(default_factory=list)
     train_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     val_history: list[dict[str, float]] = dataclasses.field(default_factory=list)
     stopped: str = "completed"  # or "preempted" / "stop_after_steps"
+
+    def resumed_step_is(self, step: int) -> bool:
+        """Whether ``step`` is the checkpoint this run was restored from."""
+        return bool(self.good_saves) and self.good_saves[0][0] == step and step == self.first_step
 
     @property
     def stopping(self) -> bool:
@@ -496,8 +505,8 @@ class LossGuard:
     judgement used by `HealthySave`.
     """
 
-    def __init__(self, monitor: health.Health, advice):
-        self.monitor, self.advice = monitor, advice
+    def __init__(self, monitor: health.Health, save: HealthySave):
+        self.monitor, self.save = monitor, save
         self._pending: list[tuple[int, dict[str, jax.Array]]] = []
 
     def add(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
@@ -507,8 +516,11 @@ class LossGuard:
         values = jax.device_get([v for _, v in self._pending])
         for (step, _), value in zip(self._pending, values, strict=True):
             value = {k: float(x) for k, x in value.items()}
-            self.monitor.record(value)
-            metrics_lib.check_finite(value, step, loop.last_saved, self.advice(loop))
+            reason = self.monitor.record(value)
+            if reason is not None and loop.last_saved == step - 1:
+                # The loss of this step was computed with the parameters saved one step ago.
+                self.save.retract(loop, step - 1, f"the next step's {reason}")
+            metrics_lib.check_finite(value, step, loop.last_saved, self.save.advice(loop))
         self._pending.clear()
 
 
@@ -580,6 +592,17 @@ class HealthySave:
             loop.last_saved, loop.refused_saves = loop.step, 0
             lr = self.plateau.lr if self.plateau is not None else self.config.optim.learning_rate
             loop.last_good_lr = float(lr)
+            loop.good_saves.append((loop.step, loop.last_good_lr))
+
+    def retract(self, loop: LoopState, step: int, reason: str) -> None:
+        """The checkpoint of ``step`` turned out diverged: withdraw it, step back "last good"."""
+        if loop.resumed_step_is(step):
+            return  # the restored checkpoint itself was judged when it was saved
+        self.checkpointer.retract(step, reason)
+        loop.good_saves = [g for g in loop.good_saves if g[0] != step]
+        loop.last_saved, loop.last_good_lr = (
+            loop.good_saves[-1] if loop.good_saves else (None, None)
+        )
 
 
 # ---------------------------------------------------------------------------- periodic actions
