@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-from ssl4sar_jax.builders.caffe.caffe_dataset_builder import png_bytes
 
+from ssl4sar_jax.builders.caffe.caffe_dataset_builder import png_bytes
 from ssl4sar_jax.constants import NUM_OPTICAL_BANDS
 from ssl4sar_jax.data import ssl4sar_files
 from ssl4sar_jax.data.caffe_files import read_gray_png
