@@ -7,7 +7,9 @@ Variants (``--config configs/finetune.py:<variant>``):
   0.01 / momentum 0.9 / coupled weight decay 1e-4, constant LR, global batch 128 as 2
   accumulated micro-batches of 64 (Dice per group of 16 = one reference GPU), 150 epochs of 40,000
   crops (46,875 steps), validation each epoch (313 steps) with val MDE for model selection.
-  Real CaFFe: ``--config.data.config=full --config.data.manual_dir=<folder with data_raw.zip>``.
+  Real CaFFe: ``--config.data.config=full --config.data.manual_dir=<folder with data_raw.zip>``;
+  a CaFFe-layout folder of your own: ``--config.data.config=folder --config.data.manual_dir=<it>``
+  (docs/data.md, "Your own data").
 * ``demo``: tiny model, synthetic CaFFe (built automatically into ``config.data.data_dir``),
   128² context / 64² centre; runs in minutes on a 2-core CPU and visibly learns::
 
@@ -20,14 +22,13 @@ Initialise from a pretraining run: ``--config.init.mode=workdir --config.init.pa
 
 import ml_collections
 
+from ssl4sar_jax import data
 from ssl4sar_jax.models import ModelConfig
 
 
 def _sampler(**overrides):
     """The data helper's fine-tuning sampler fields (all of them, so each can be overridden)."""
     import dataclasses
-
-    from ssl4sar_jax import data
 
     fields = dataclasses.asdict(data.FinetuneSamplerConfig())
     fields.update(overrides)
@@ -52,13 +53,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sharding_rules = []  # e.g. [(".*kernel", (None, None, None, "data"))]
 
     c.model = ModelConfig.named("paper").to_dict()
-    c.data = ml_collections.ConfigDict()
-    c.data.config = "full"
-    c.data.data_dir = "~/tensorflow_datasets"
-    c.data.manual_dir = ""
-    c.data.prepare = True
-    c.data.train_split = "train"
-    c.data.val_split = "validation"
+    # config.data: name, config (full | folder | synthetic), data_dir, manual_dir, own-data
+    # options (test_glaciers, val_glaciers, pixel_spacing_m, ...) and the sampler; see
+    # ssl4sar_jax/data/datasets.py and docs/data.md ("Your own data").
+    c.data = data.data_config("caffe", config="full")
     c.data.sampler = _sampler(context_size=512, centre_size=256)
 
     c.loss = ml_collections.ConfigDict()

@@ -22,6 +22,7 @@ The whole network (encoder + decoder) transfers to fine-tuning: ``configs/finetu
 
 import ml_collections
 
+from ssl4sar_jax import data
 from ssl4sar_jax.models import ModelConfig
 
 VARIANTS = (
@@ -37,8 +38,6 @@ VARIANTS = (
 def _sampler(**overrides):
     """The data helper's pretraining sampler fields (all of them, so each can be overridden)."""
     import dataclasses
-
-    from ssl4sar_jax import data
 
     fields = dataclasses.asdict(data.PretrainSamplerConfig())
     fields.update(overrides)
@@ -62,13 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sharding_rules = []
 
     c.model = ModelConfig.named("paper").to_dict()
-    c.data = ml_collections.ConfigDict()
-    c.data.config = "full"
-    c.data.data_dir = "~/tensorflow_datasets"
-    c.data.manual_dir = ""
-    c.data.prepare = True
-    c.data.train_split = "train"
-    c.data.val_split = "validation"
+    # config.data: see ssl4sar_jax/data/datasets.py and docs/data.md ("Your own data").
+    c.data = data.data_config("ssl4sar", config="full")
     c.data.sampler = _sampler(crop_size=512)
 
     c.optim = ml_collections.ConfigDict()

@@ -23,6 +23,8 @@ _TFDS = "tensorflow_datasets"
 
 
 def _register_builders() -> None:
+    if "ssl4sar_jax.builders" in sys.modules:
+        return  # imported (or being imported): its import registers the builders
     from ssl4sar_jax import builders
 
     builders.register()

@@ -1,4 +1,4 @@
-"""TFDS integration: registration on import, packaging of the builder folders, tfds.load."""
+"""TFDS integration: registration after `import ssl4sar_jax`, tfds.load / tfds.data_source."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-import ssl4sar_jax  # noqa: F401  (registers the builders)
+import ssl4sar_jax  # noqa: F401  (registers the builders once TFDS is imported)
 
 REPO = Path(__file__).parents[1]
 
@@ -26,34 +26,13 @@ def test_builders_register_on_import_with_array_record_default(tmp_path):
         assert "@" in builder.info.citation  # CITATIONS.bib found next to the builder
 
 
-def test_pyproject_ships_every_package_and_builder_folder():
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # the `test` extra installs tomli on Python 3.10
-        import tomli as tomllib
-    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    packages = set(config["packages"])
-    source_packages = {
-        ".".join(p.parent.relative_to(REPO).parts)
-        for p in (REPO / "ssl4sar_jax").rglob("__init__.py")
-    }
-    assert source_packages <= packages, source_packages - packages
-    for folder in (REPO / "datasets").iterdir():
-        if (folder / "__init__.py").exists():
-            assert config["package-dir"][f"ssl4sar_jax.builders.{folder.name}"] == (
-                f"datasets/{folder.name}"
-            )
-    # A top-level datasets/__init__.py would shadow Hugging Face `datasets`.
-    assert not (REPO / "datasets" / "__init__.py").exists()
-
-
 def test_tfds_load_with_tfrecord(tmp_path):
     """`tfds.load` needs TFRecord (written and read with TensorFlow, the `tf` extra)."""
     _require_tensorflow()
     from ssl4sar_jax.builders.caffe.caffe_dataset_builder import CaffeConfig
 
     config = CaffeConfig(name="dummy", description="dummy_data", check_counts=False)
-    manual = REPO / "datasets" / "caffe" / "dummy_data"
+    manual = REPO / "ssl4sar_jax" / "builders" / "caffe" / "dummy_data"
     builder = tfds.builder("caffe", config=config, data_dir=str(tmp_path), file_format="tfrecord")
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
@@ -71,7 +50,7 @@ def test_tfds_load_with_tfrecord(tmp_path):
 
 def test_tfds_load_ssl4sar_with_tfrecord(tmp_path):
     _require_tensorflow()
-    manual = REPO / "datasets" / "ssl4sar" / "dummy_data"
+    manual = REPO / "ssl4sar_jax" / "builders" / "ssl4sar" / "dummy_data"
     builder = tfds.builder("ssl4sar/full", data_dir=str(tmp_path), file_format="tfrecord")
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual))

@@ -20,7 +20,7 @@ from flax import nnx
 
 from ssl4sar_jax import losses
 from ssl4sar_jax.tasks import base
-from ssl4sar_jax.tasks.finetune import _sampler_kwargs, prepare_sources
+from ssl4sar_jax.tasks.finetune import prepare_sources
 
 OBJECTIVES = ("opt_simmim", "opt_translator")
 
@@ -81,11 +81,11 @@ class PretrainTask(base.Task):
     def _iterator(self, source, batch_size, seed):
         from ssl4sar_jax import data
 
-        sampler = data.PretrainSamplerConfig(
-            **_sampler_kwargs(data.PretrainSamplerConfig, self.config.data.sampler.to_dict())
-        )
-        return data.make_pretrain_iterator(
-            source, global_batch_size=batch_size, seed=seed, sampler=sampler
+        return data.make_iterator(
+            {"name": "ssl4sar", **self.config.data.to_dict()},
+            source,
+            global_batch_size=batch_size,
+            seed=seed,
         )
 
     def train_iterator(self, sources, seed) -> Iterator[dict]:

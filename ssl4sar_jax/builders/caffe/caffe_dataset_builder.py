@@ -304,12 +304,18 @@ class Builder(FormatConvertingBuilder):
                     "front": tfds.features.Tensor(
                         shape=(None, None), dtype=np.uint8, encoding=zlib
                     ),
-                    "bbox": tfds.features.Tensor(shape=(4, 2), dtype=np.float64),
+                    # Raw bytes: tf.Example float lists are float32 (see `parse_bbox` on why
+                    # the corners stay float64 up to the rounding).
+                    "bbox": tfds.features.Tensor(
+                        shape=(4, 2), dtype=np.float64, encoding=tfds.features.Encoding.BYTES
+                    ),
                     "glacier": tfds.features.Text(),
                     "date": tfds.features.Text(),
                     "sensor": tfds.features.Text(),
                     "resolution_m": tfds.features.Scalar(dtype=np.int32),
-                    "pixel_spacing_m": tfds.features.Scalar(dtype=np.float64),
+                    "pixel_spacing_m": tfds.features.Tensor(
+                        shape=(), dtype=np.float64, encoding=tfds.features.Encoding.BYTES
+                    ),
                     "quality_factor": tfds.features.Scalar(dtype=np.int32),
                     "orbit": tfds.features.Text(),
                     "stem": tfds.features.Text(),
