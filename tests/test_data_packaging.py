@@ -68,10 +68,12 @@ def test_builders_register_when_tfds_is_imported_after_the_package():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "FOUND True True" in result.stdout
     # The other order: TFDS first, then the package.
-    result = _python(code.replace("import ssl4sar_jax\n", "").replace(
-        "import tensorflow_datasets as tfds\n",
-        "import tensorflow_datasets as tfds\nimport ssl4sar_jax\n",
-    ))
+    result = _python(
+        code.replace("import ssl4sar_jax\n", "").replace(
+            "import tensorflow_datasets as tfds\n",
+            "import tensorflow_datasets as tfds\nimport ssl4sar_jax\n",
+        )
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "FOUND True True" in result.stdout
 

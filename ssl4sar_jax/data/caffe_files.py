@@ -162,9 +162,7 @@ def parse_stem(stem: str, hemispheres: Mapping[str, str] | None = None) -> Caffe
     if not sensor or not sensor.replace("-", "").isalnum():
         raise ValueError(f"{stem!r}: sensor {sensor!r} must be a non-empty alphanumeric token")
     if not res.isdigit() or int(res) <= 0:
-        raise ValueError(
-            f"{stem!r}: resolution {res!r} must be a positive whole number of metres"
-        )
+        raise ValueError(f"{stem!r}: resolution {res!r} must be a positive whole number of metres")
     if not quality.isdigit() or not 1 <= int(quality) <= 6:
         raise ValueError(f"{stem!r}: quality factor {quality!r} not in 1..6")
     if not orbit or not orbit.isalnum():
@@ -190,9 +188,7 @@ def caffe_name_problems(name: CaffeName) -> list[str]:
     if name.sensor not in SENSORS:
         problems.append(f"{stem!r}: unknown sensor {name.sensor!r}; expected one of {SENSORS}")
     if name.resolution_m not in RESOLUTIONS_M:
-        problems.append(
-            f"{stem!r}: resolution {name.resolution_m} not in {RESOLUTIONS_M} (metres)"
-        )
+        problems.append(f"{stem!r}: resolution {name.resolution_m} not in {RESOLUTIONS_M} (metres)")
     return problems
 
 
@@ -292,9 +288,7 @@ def _read_spacing_csv(path: Path) -> dict[str, float]:
     return table
 
 
-def pixel_spacing_of(
-    name: CaffeName, table: float | Mapping[str, float] | None
-) -> float | None:
+def pixel_spacing_of(name: CaffeName, table: float | Mapping[str, float] | None) -> float | None:
     """The spacing of one image: the stem's entry, its glacier's, the number, or the name's.
 
     Returns None when a CSV table covers neither the stem nor its glacier.
@@ -527,7 +521,9 @@ def locate_manual_dir(manual_dir: Path | str) -> tuple[str, Path]:
     if (path / ARCHIVE_NAME).is_file():
         return "zip", path / ARCHIVE_NAME
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
-    found = ", ".join(entries[:10]) + (f" ... ({len(entries)} entries)" if len(entries) > 10 else "")
+    found = ", ".join(entries[:10]) + (
+        f" ... ({len(entries)} entries)" if len(entries) > 10 else ""
+    )
     raise CaffeDataError(
         [
             f"manual_dir {path}: found {found or 'nothing (empty folder)'}; expected "
@@ -763,7 +759,8 @@ def validate_caffe_root(
                 root,
                 kind,
                 sorted(names),
-                "" if kind == "sensor" or not (names - set(hemispheres or {}))
+                ""
+                if kind == "sensor" or not (names - set(hemispheres or {}))
                 else "; their season is 'unknown' unless listed in northern/southern_glaciers",
             )
     return items

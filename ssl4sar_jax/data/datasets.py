@@ -270,8 +270,8 @@ def _hint(name: str, config: Any, err: Exception) -> str | None:
     if "manual_dir" in text and ("found" in text or "does not exist" in text):
         if config == "full":
             return (
-                f"Put data_raw.zip (or the extracted data_raw/) into that folder, or prepare a "
-                f"folder of your own: --config.data.config=folder --config.data.manual_dir=<it>"
+                "Put data_raw.zip (or the extracted data_raw/) into that folder, or prepare a "
+                "folder of your own: --config.data.config=folder --config.data.manual_dir=<it>"
                 if name == "caffe"
                 else "Extract the SSL4SAR tars into that folder (docs/data.md)."
             )

@@ -177,7 +177,9 @@ def locate_manual_dir(manual_dir: Path | str) -> Path:
     if all((path / folder).is_dir() for folder in expected):
         return path
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
-    found = ", ".join(entries[:10]) + (f" ... ({len(entries)} entries)" if len(entries) > 10 else "")
+    found = ", ".join(entries[:10]) + (
+        f" ... ({len(entries)} entries)" if len(entries) > 10 else ""
+    )
     raise SSL4SARDataError(
         [
             f"manual_dir {path}: found {found or 'nothing (empty folder)'}; expected the "
@@ -228,7 +230,7 @@ def validate_ssl4sar_root(
             continue
         try:
             with rasterio.open(path) as src:
-                count, shape = src.count, (src.height, src.width)
+                shape = (src.height, src.width)
             read_optical(path)  # full decode: bands, signal, truncated files
         except ValueError as e:
             problems.append(str(e) if str(path) in str(e) else f"{path}: {e}")
@@ -281,8 +283,11 @@ def validate_ssl4sar_root(
         if not items[split] and not (split == "validation" and val_glaciers):
             problems.append(
                 f"{root / folder}: no usable Sentinel-1 PNGs (the {split} split would be empty"
-                + ("; or take validation glaciers from train with val_glaciers)"
-                   if split == "validation" else ")")
+                + (
+                    "; or take validation glaciers from train with val_glaciers)"
+                    if split == "validation"
+                    else ")"
+                )
             )
     if problems:
         raise SSL4SARDataError(problems)

@@ -387,16 +387,20 @@ class Builder(FormatConvertingBuilder):
             missing = sorted(set(cfg.val_glaciers) - present)
             if missing:
                 raise caffe_files.CaffeDataError(
-                    [f"{root}: val_glaciers {missing} have no training images "
-                     f"(training glaciers: {sorted(present)})"]
+                    [
+                        f"{root}: val_glaciers {missing} have no training images "
+                        f"(training glaciers: {sorted(present)})"
+                    ]
                 )
             train = [it for it in train_all if it.name.glacier not in cfg.val_glaciers]
             val = [it for it in train_all if it.name.glacier in cfg.val_glaciers]
         else:
             if len(train_all) < 2:
                 raise caffe_files.CaffeDataError(
-                    [f"{root / 'sar_images' / 'train'}: {len(train_all)} training image(s); "
-                     "the validation split needs at least 2"]
+                    [
+                        f"{root / 'sar_images' / 'train'}: {len(train_all)} training image(s); "
+                        "the validation split needs at least 2"
+                    ]
                 )
             train_idx, val_idx = caffe_files.split_indices(len(train_all))
             train = [train_all[i] for i in train_idx]

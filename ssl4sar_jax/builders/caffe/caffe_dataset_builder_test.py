@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
-from ssl4sar_jax.builders.caffe.caffe_dataset_builder import CaffeConfig
 
 import ssl4sar_jax  # noqa: F401  (registers the builders)
+from ssl4sar_jax.builders.caffe.caffe_dataset_builder import CaffeConfig
 from ssl4sar_jax.data import caffe_files
 from ssl4sar_jax.data.synthetic_specs import SyntheticCaffeSpec
 
