@@ -59,3 +59,53 @@ def test_tfds_load_ssl4sar_with_tfrecord(tmp_path):
     records = list(tfds.as_numpy(ds))
     assert len(records) == 4
     assert records[0]["optical"].shape == (*records[0]["sar"].shape[:2], 14)
+
+
+LOAD_THEN_SOURCE = """
+import ssl4sar_jax
+import tensorflow_datasets as tfds
+
+n = sum(1 for _ in tfds.load("{name}", split="train"))
+m = len(tfds.data_source("{name}", split="train"))
+print("COUNTS", n, m)
+"""
+SOURCE_THEN_LOAD = """
+import ssl4sar_jax
+import tensorflow_datasets as tfds
+
+m = len(tfds.data_source("{name}", split="train"))
+n = sum(1 for _ in tfds.load("{name}", split="train"))
+print("COUNTS", n, m)
+"""
+
+
+def test_tfds_load_and_data_source_verbatim_in_both_orders(tmp_path):
+    """The documented entry points, typed as a user would, on fresh data_dirs (TFDS_DATA_DIR)."""
+    _require_tensorflow()
+    import os
+    import subprocess
+
+    runs = {
+        ("caffe", "load first"): LOAD_THEN_SOURCE,
+        ("caffe", "data_source first"): SOURCE_THEN_LOAD,
+        ("ssl4sar", "data_source first"): SOURCE_THEN_LOAD,
+    }
+    procs = {}
+    for i, ((name, order), code) in enumerate(runs.items()):
+        env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / f"tfds{i}"))
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        procs[name, order] = subprocess.Popen(
+            [sys.executable, "-c", code.format(name=name)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    for key, proc in procs.items():
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, (key, err[-3000:])
+        counts = [line for line in out.splitlines() if line.startswith("COUNTS")]
+        assert counts, (key, out)
+        n, m = map(int, counts[0].split()[1:])
+        assert n == m > 0, key
