@@ -100,7 +100,7 @@ def _display_factor(shape: tuple[int, int]) -> int:
 def front_line_width(shape: tuple[int, int]) -> int:
     """Front line width (odd, pixels of the full image) for an overlay: about 1/300 of the longer
     side, so the line looks the same after downsampling to the picture size whatever the image
-    size or pixel spacing (1 px for a 256-px image, 15 px for a 4,500-px one)."""
+    size or pixel spacing (1 px for a 256-px image, 17 px for a 4,500-px one)."""
     return 2 * round(max(shape) / 600) + 1
 
 
