@@ -118,10 +118,9 @@ def data_config(name: str, *, type_safe: bool = True, **overrides):
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise ValueError(f"data_config({name!r}) has no fields {unknown}")
-    sampler = overrides.pop("sampler", None)
+    if "sampler" in overrides:  # replaces the block (e.g. without the crop side, see configs/)
+        overrides["sampler"] = dict(overrides["sampler"])
     fields.update(overrides)
-    if sampler:
-        fields["sampler"].update(sampler)
     return ml_collections.ConfigDict(fields, type_safe=type_safe)
 
 
@@ -330,6 +329,7 @@ def make_iterator(
     *,
     global_batch_size: int,
     seed: int,
+    sampler: Any = None,
     **kwargs: Any,
 ) -> grain.DatasetIterator:
     """The training iterator of dataset ``data_cfg.name`` over ``source``.
@@ -339,19 +339,24 @@ def make_iterator(
         source: records of one split (from `open_sources`).
         global_batch_size: batch over all processes.
         seed: pipeline seed.
+        sampler: the sampler dataclass instance; None builds it from ``data_cfg.sampler``
+            (which then holds every field).
         **kwargs: ``num_epochs``, ``process_index``, ``process_count``.
     """
     entry = _entry(data_cfg["name"])
-    values = dict(data_cfg["sampler"])
-    known = {f.name for f in dataclasses.fields(entry.sampler_cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(
-            f"config.data.sampler has keys {unknown} unknown to {entry.sampler_cls.__name__}"
+    if sampler is None:
+        values = dict(data_cfg["sampler"])
+        known = {f.name for f in dataclasses.fields(entry.sampler_cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"config.data.sampler has keys {unknown} unknown to {entry.sampler_cls.__name__}"
+            )
+        sampler = entry.sampler_cls(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         )
-    sampler = entry.sampler_cls(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    )
+    elif not isinstance(sampler, entry.sampler_cls):
+        raise TypeError(f"sampler must be a {entry.sampler_cls.__name__}, got {type(sampler)}")
     for key in ("num_threads", "prefetch_buffer_size", "num_workers"):
         if key in data_cfg:
             kwargs.setdefault(key, data_cfg[key])

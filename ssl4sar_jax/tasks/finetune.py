@@ -41,19 +41,20 @@ class FinetuneTask(base.Task):
 
     name = "finetune"
     objective = "segment"
+    predicts_zones = True
     selection_metric = "val/front/mde_m"
     selection_mode = "min"
+    sampler_size_field = "context_size"
     plateau_metric = None  # constant LR (reference)
 
     def __init__(self, config):
         super().__init__(config)
-        sampler = config.data.sampler
-        self.context = int(sampler.context_size)
-        self.centre = int(sampler.centre_size)
-        if self.model_config.img_size != self.context:
+        self.context = self.model_config.img_size  # the network input is the context patch
+        self.centre = int(config.data.sampler.centre_size)
+        if not 0 < self.centre <= self.context:
             raise ValueError(
-                f"config.model.img_size ({self.model_config.img_size}) must equal "
-                f"config.data.sampler.context_size ({self.context})"
+                f"config.data.sampler.centre_size ({self.centre}) must be in "
+                f"(0, config.model.img_size = {self.context}]"
             )
 
     def loss_fn(self, model: nnx.Module, batch, dropout_key):
@@ -84,11 +85,20 @@ class FinetuneTask(base.Task):
     def train_iterator(self, sources, seed) -> Iterator[dict]:
         from ssl4sar_jax import data
 
+        sampler = data.FinetuneSamplerConfig(
+            **base.sampler_fields(
+                data.FinetuneSamplerConfig,
+                self.config.data.sampler.to_dict(),
+                self.sampler_size_field,
+                self.context,
+            )
+        )
         return data.make_iterator(
             {"name": "caffe", **self.config.data.to_dict()},
             sources[self.config.data.train_split],
             global_batch_size=self.config.batch_size,
             seed=seed,
+            sampler=sampler,
         )
 
     def validate(self, sources, ctx: base.ValidationContext) -> dict[str, float]:
