@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_main import _run_main
 from test_train_utils import REPO, compilation_cache  # noqa: F401
 
 from ssl4sar_jax import data
@@ -31,7 +32,6 @@ MICRO_ARGS = [
     "--config.model.num_heads=(1,2)",
     "--config.model.pretrained_window_sizes=(0,0)",
     "--config.model.conv_impl=xla",
-    "--config.data.sampler.context_size=32",
     "--config.data.sampler.centre_size=16",
     "--config.num_devices=1",
     "--config.batch_size=8",
@@ -46,20 +46,6 @@ def own_caffe_folder(root: Path) -> Path:
     for path in sorted(out.rglob("JAC_*")):
         path.rename(path.with_name(path.name.replace("JAC_", "Helheim_")))
     return out
-
-
-def _run_main(args, env_extra=None, timeout=600):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, "-m", "ssl4sar_jax.main", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 OWN_OPTIONS = dict(test_glaciers="DBE", pixel_spacing_m="30", northern_glaciers="Helheim")
@@ -284,3 +270,25 @@ def test_ssl4sar_empty_validation_folder_fails_at_prepare(tmp_path):
     )
     assert {r["glacier"].decode() for r in sources["validation"]} == {"Helheim"}
     assert {r["glacier"].decode() for r in sources["train"]} == {"Kangerlussuaq"}
+
+
+def test_count_problems_end_with_the_subset_hint(tmp_path):
+    manual = tmp_path / "subset"
+    shutil.copytree(DUMMY / "caffe" / "dummy_data" / "data_raw", manual / "data_raw")
+    cfg = data.data_config("caffe", config="full", data_dir=str(tmp_path / "tfds"))
+    cfg.manual_dir = str(manual)
+    with pytest.raises(caffe_files.CaffeDataError) as err:
+        data.open_sources(cfg)
+    message = str(err.value)
+    assert "expected 559 images, found 10" in message
+    assert message.count("expected 559 images") == 1
+    assert message.rstrip().endswith(
+        "To prepare your own subset: --config.data.config=folder --config.data.manual_dir=<folder>"
+    )
+    # The hinted command works on the same folder.
+    cfg.config = "folder"
+    assert {k: len(v) for k, v in data.open_sources(cfg).items()} == {
+        "train": 9,
+        "validation": 1,
+        "test": 4,
+    }

@@ -75,27 +75,42 @@ for _class_id, _value in enumerate(ZONE_PNG_VALUES):
     _ZONE_VALUE_TO_ID[_value] = _class_id
 
 
-class CaffeDataError(ValueError):
-    """Raised when raw CaFFe files are invalid; the message lists every offending file once.
+class DataFilesError(ValueError):
+    """Raised when raw input files are invalid; the message lists every offending file once.
 
     Attributes:
         problems: one line per problem.
         hint: the one suggestion that fits the case (or None).
     """
 
+    what = "input files"
+
     def __init__(self, problems: Sequence[str], hint: str | None = None):
         self.problems = list(problems)
         self.hint = hint
         shown = "\n  ".join(self.problems)
-        message = f"{len(self.problems)} problem(s) in the CaFFe input files:\n  {shown}"
+        message = f"{len(self.problems)} problem(s) in the {self.what}:\n  {shown}"
         super().__init__(message + (f"\n{hint}" if hint else ""))
 
-    def with_hint(self, hint: str | None) -> CaffeDataError:
+    def with_hint(self, hint: str | None) -> DataFilesError:
         """The same problems with another hint."""
         return type(self)(self.problems, hint)
 
     def __reduce__(self):  # picklable with both arguments
         return type(self), (self.problems, self.hint)
+
+
+class CaffeDataError(DataFilesError):
+    """Raised when raw CaFFe files are invalid (see `DataFilesError`)."""
+
+    what = "CaFFe input files"
+
+
+def describe_folder(path: Path, limit: int = 10) -> str:
+    """``"a/, b.zip, ... (N entries)"`` or ``"nothing (empty folder)"``, for error messages."""
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    more = f" ... ({len(entries)} entries)" if len(entries) > limit else ""
+    return ", ".join(entries[:limit]) + more if entries else "nothing (empty folder)"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ssl4sar_jax.constants import NUM_OPTICAL_BANDS, OPTICAL_BAND_INDICES, OPTICAL_BAND_NAMES
-from ssl4sar_jax.data.caffe_files import read_gray_png
+from ssl4sar_jax.data.caffe_files import DataFilesError, read_gray_png
 
 SPLIT_FOLDERS = {"train": "unlabeled_data_raw_train", "validation": "unlabeled_data_raw_val"}
 OPTICAL_FOLDER = "data_optical"
@@ -37,27 +37,10 @@ _DATE_RES = (
 )
 
 
-class SSL4SARDataError(ValueError):
-    """Raised when SSL4SAR inputs are invalid; the message lists every offending file once.
+class SSL4SARDataError(DataFilesError):
+    """Raised when SSL4SAR inputs are invalid (see ``caffe_files.DataFilesError``)."""
 
-    Attributes:
-        problems: one line per problem.
-        hint: the one suggestion that fits the case (or None).
-    """
-
-    def __init__(self, problems: list[str], hint: str | None = None):
-        self.problems = list(problems)
-        self.hint = hint
-        shown = "\n  ".join(self.problems)
-        message = f"{len(self.problems)} problem(s) in the SSL4SAR input files:\n  {shown}"
-        super().__init__(message + (f"\n{hint}" if hint else ""))
-
-    def with_hint(self, hint: str | None) -> SSL4SARDataError:
-        """The same problems with another hint."""
-        return type(self)(self.problems, hint)
-
-    def __reduce__(self):
-        return type(self), (self.problems, self.hint)
+    what = "SSL4SAR input files"
 
 
 @dataclasses.dataclass(frozen=True)
