@@ -41,6 +41,7 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from ssl4sar_jax.constants import GLACIER, NUM_ZONE_CLASSES, OCEAN
 from ssl4sar_jax.data import synthetic
+from ssl4sar_jax.predict import vector
 
 # Near Jakobshavn Isbrae (Sermeq Kujalleq) in EPSG:3413 metres; only a plausible place on Earth.
 DEFAULT_ORIGIN_3413 = (-190_000.0, -2_270_000.0)
@@ -53,7 +54,10 @@ def grid_transform(origin: tuple[float, float], spacing_m: float) -> Affine:
 
 
 def true_front_lines(zones: np.ndarray, transform: Affine) -> shapely.MultiLineString:
-    """The exact glacier/ocean boundary (pixel edges) of ``zones [H, W]`` in map coordinates."""
+    """The exact glacier/ocean boundary (pixel edges) of ``zones [H, W]`` in map coordinates.
+
+    Every line is oriented with the glacier on its left (the predictor's convention).
+    """
     g = zones == GLACIER
     o = zones == OCEAN
     segments = []
@@ -70,9 +74,11 @@ def true_front_lines(zones: np.ndarray, transform: Affine) -> shapely.MultiLineS
     x1, y1 = transform @ (seg[:, 2], seg[:, 3])
     lines = shapely.linestrings(np.stack([np.stack([x0, y0], 1), np.stack([x1, y1], 1)], axis=1))
     merged = shapely.line_merge(shapely.MultiLineString(list(lines)))
-    if merged.geom_type == "LineString":
-        merged = shapely.MultiLineString([merged])
-    return merged
+    parts = [merged] if merged.geom_type == "LineString" else list(merged.geoms)
+    # Same convention as the predictor's lines: glacier on the left.
+    return shapely.MultiLineString(
+        [vector.orient_glacier_left(np.asarray(p.coords), zones, transform) for p in parts]
+    )
 
 
 def zone_code_image(zones: np.ndarray) -> np.ndarray:
@@ -108,8 +114,6 @@ def _write_tif(path: Path, array: np.ndarray, crs, transform, nodata, tags=None)
 
 
 def _write_lines(path: Path, geom, crs, attributes: dict) -> None:
-    from ssl4sar_jax.predict import vector
-
     tmp = path.with_name(f".tmp_{path.name}")
     key = {".geojson": "geojson", ".gpkg": "gpkg"}[path.suffix]
     parts = list(geom.geoms) if hasattr(geom, "geoms") else [geom]
@@ -316,7 +320,6 @@ def write_time_series(
     corners = [t @ (left, top), t @ (right, top), t @ (right, bottom), t @ (left, bottom)]
     box = shapely.Polygon(corners)
     box_path = out / f"box.{box_format}"
-    from ssl4sar_jax.predict import vector
 
     tmp = out / f".tmp_box.{box_format}"
     vector.write_vector(

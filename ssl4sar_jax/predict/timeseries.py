@@ -160,10 +160,17 @@ def flow_direction(all_parts: Sequence[Sequence[shapely.LineString]], box: shape
 
 
 def box_width(box: shapely.Polygon, flow: np.ndarray) -> float:
-    """Extent of the box across the flow direction."""
-    xy = np.asarray(box.exterior.coords)
-    across = xy @ np.array([-flow[1], flow[0]])
-    return float(across.max() - across.min())
+    """Mean box width across the flow: box area / box length along the flow axis.
+
+    The flow axis is the side of the box's minimum rotated rectangle closest to ``flow`` (the
+    mean glacier -> ocean direction of the fronts), so jagged fronts that tilt the estimated
+    direction do not change the result; for a rectangular box this is its exact width.
+    """
+    corners = np.asarray(box.minimum_rotated_rectangle.exterior.coords)[:3]
+    sides = [corners[1] - corners[0], corners[2] - corners[1]]
+    axis = max(sides, key=lambda v: abs(float(v @ flow)) / max(float(np.hypot(*v)), 1e-12))
+    length = float(np.hypot(*axis))
+    return float(box.area / length)
 
 
 def _date_of(path: str, fields: dict, date_field: str) -> str:

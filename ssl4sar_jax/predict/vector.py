@@ -149,6 +149,11 @@ def _glacier_left_score(xy: np.ndarray, zones: np.ndarray, transform: Affine) ->
     return score
 
 
+def orient_glacier_left(xy: np.ndarray, zones: np.ndarray, transform: Affine) -> np.ndarray:
+    """``[n, 2]`` map coordinates of a line, reversed if needed so the glacier is on its left."""
+    return xy[::-1] if _glacier_left_score(xy, zones, transform) < 0 else xy
+
+
 def front_features(
     front: np.ndarray, zones: np.ndarray, transform: Affine, min_branch_px: int = 3
 ) -> list[dict]:
