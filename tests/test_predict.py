@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from test_train_utils import load_config
 
-from configs import predict as predict_configs
 from ssl4sar_jax.constants import GLACIER, NA, OCEAN
 from ssl4sar_jax.data import synthetic_geo as sg
 from ssl4sar_jax.predict import runner, scenes, vector
@@ -20,7 +20,7 @@ SPACING = 30.0
 
 
 def _config(inputs, output_dir, **overrides):
-    c = predict_configs.get_config("demo")
+    c = load_config("predict", "demo")
     c.inputs = str(inputs)
     c.output_dir = str(output_dir)
     c.context_size, c.centre_size, c.stride, c.batch_size = 64, 32, 16, 16

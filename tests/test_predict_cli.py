@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import rasterio
+from test_train_utils import load_config
 
 from ssl4sar_jax.data import synthetic_geo as sg
 
@@ -109,10 +110,9 @@ def test_cli_usage_errors(runs):
 
 
 def test_empty_checkpoints_is_a_clear_error(runs):
-    from configs import predict as predict_configs
     from ssl4sar_jax.predict import runner
 
-    config = predict_configs.get_config("demo")
+    config = load_config("predict", "demo")
     config.checkpoints = ""
     with pytest.raises(ValueError, match="config.checkpoints is empty"):
         runner.load_predictors(config)

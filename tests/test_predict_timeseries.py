@@ -7,8 +7,8 @@ import csv
 import numpy as np
 import pytest
 import shapely
+from test_train_utils import load_config
 
-from configs import timeseries as ts_configs
 from ssl4sar_jax.data import synthetic_geo as sg
 from ssl4sar_jax.predict import runner, timeseries, vector
 
@@ -16,7 +16,7 @@ CRS_3413 = "EPSG:3413"
 
 
 def _config(fronts, box, out, **overrides):
-    c = ts_configs.get_config()
+    c = load_config("timeseries")
     c.fronts, c.box, c.output_dir = str(fronts), str(box), str(out)
     for key, value in overrides.items():
         setattr(c, key, value)
@@ -66,9 +66,8 @@ def test_predicted_fronts_give_the_known_terminus_change(series, tmp_path):
 
 
 def runner_config(inputs, out):
-    from configs import predict as predict_configs
 
-    c = predict_configs.get_config("demo")
+    c = load_config("predict", "demo")
     c.inputs = f"{inputs}/SynthSeries_*_S1.tif"
     c.output_dir = str(out)
     c.context_size, c.centre_size, c.stride, c.batch_size = 64, 32, 32, 16

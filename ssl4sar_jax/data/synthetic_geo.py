@@ -17,9 +17,10 @@ the predictor needs to be tested on map coordinates:
 The true front is the exact glacier/ocean boundary along pixel edges (:func:`true_front_lines`),
 built independently of the predictor's vectoriser.
 
-Command line (writes a small demo set)::
+Command line (writes a small demo set, or the README picture)::
 
     python -m ssl4sar_jax.data.synthetic_geo --out /tmp/ssl4sar_geo_demo
+    python -m ssl4sar_jax.data.synthetic_geo --preview docs/images/predict_front.png
 """
 
 from __future__ import annotations
@@ -341,14 +342,103 @@ def write_time_series(
     return TimeSeries(written, list(dates), box_path, box, change, truth)
 
 
+def save_preview(path: Path | str, seed: int = 2, size: int = 384, spacing_m: float = 30.0) -> Path:
+    """Picture of the predictor's front over a synthetic scene (written to ``path``, PNG).
+
+    The front comes from the true-zones predictor (:func:`oracle_predict_fn`) run through the
+    whole ``ssl4sar_jax.predict`` pipeline (tiling, stitching, post-processing, vectorisation,
+    GeoJSON in EPSG:4326), drawn back over the SAR of the same scene next to the true front. It
+    shows the geometry of the outputs, not the skill of a network.
+    """
+    import tempfile
+
+    import matplotlib
+    import ml_collections
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ssl4sar_jax.predict import runner, scenes
+
+    work = Path(tempfile.mkdtemp(prefix="synthetic_geo_preview_"))
+    kwargs = dict(shape=(size, size), spacing_m=spacing_m, seed=seed, na_areas=True)
+    sar_scene = write_scene(work, "sar", **kwargs)
+    write_scene(work, "coded", zone_coded=True, **kwargs)
+    config = ml_collections.ConfigDict(
+        dict(
+            context_size=64,
+            centre_size=32,
+            stride=16,
+            model_pixel_spacing_m=0.0,
+            resampling="auto",
+            tta=False,
+            batch_size=32,
+            stitch_mode="gaussian",
+            length_rule="tyrion",
+        )
+    )
+    coded = scenes.read_scene(str(work / "coded.tif"))
+    pred = runner.predict_scene(coded, [oracle_predict_fn], config)
+    features = vector.front_features(pred.front, pred.zones, coded.transform)
+    # Round trip through EPSG:4326 as the GeoJSON output does, then back to pixels.
+    lines = vector.reproject_geometries([f["geometry"] for f in features], coded.crs, "EPSG:4326")
+    lines = vector.reproject_geometries(lines, "EPSG:4326", coded.crs)
+    with rasterio.open(sar_scene.sar_path) as src:
+        sar = src.read(1)
+    fig, ax = plt.subplots(figsize=(6.4, 6.4))
+    x0, y0 = coded.transform @ (0, size)
+    x1, y1 = coded.transform @ (size, 0)
+    ax.imshow(sar, cmap="gray", extent=(x0 / 1e3, x1 / 1e3, y0 / 1e3, y1 / 1e3))
+    for part in getattr(sar_scene.front, "geoms", [sar_scene.front]):
+        x, y = part.xy
+        ax.plot(np.asarray(x) / 1e3, np.asarray(y) / 1e3, color="#28e63c", lw=3, label="true front")
+    for geom in lines:
+        for part in getattr(geom, "geoms", [geom]):
+            x, y = part.xy
+            ax.plot(
+                np.asarray(x) / 1e3,
+                np.asarray(y) / 1e3,
+                color="#ff2828",
+                lw=1.2,
+                label="predicted front (GeoJSON)",
+            )
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), loc="lower left", fontsize=8)
+    ax.set_xlabel("EPSG:3413 x (km)")
+    ax.set_ylabel("EPSG:3413 y (km)")
+    ax.set_title(
+        f"Synthetic {size}x{size} scene, {spacing_m:g} m pixels\n"
+        "front of the true-zones predictor through the predict pipeline",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp_{path.name}")
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", help="output folder")
+    parser.add_argument("--preview", help="write the front picture (PNG) here instead")
     parser.add_argument("--scenes", type=int, default=3, help="number of single scenes")
     parser.add_argument("--size", type=int, default=384, help="scene height and width (px)")
     parser.add_argument("--spacing_m", type=float, default=30.0)
     parser.add_argument("--crs", default="EPSG:3413")
     args = parser.parse_args(argv)
+    if args.preview:
+        print(f"wrote {save_preview(args.preview)}")
+        return
+    if not args.out:
+        parser.error("--out or --preview is required")
     out = Path(args.out)
     for i in range(args.scenes):
         s = write_scene(

@@ -265,6 +265,7 @@ def to_uint8(values: np.ndarray, valid: np.ndarray, scale: str, db_range: Sequen
         lo, hi = (float(v) for v in db_range)
     if not hi > lo:
         raise ValueError(f"db_range must be (lo, hi) with hi > lo, got ({lo}, {hi})")
+    data = np.where(valid, data, lo)  # no NaN reaches the integer cast
     scaled = np.clip((data - lo) / (hi - lo), 0.0, 1.0)
     out = (1 + np.round(scaled * 254)).astype(np.uint8)
     out[~valid] = 0
