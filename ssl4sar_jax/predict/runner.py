@@ -128,6 +128,8 @@ def _model_config_of_run(path: str):
     from ssl4sar_jax.tasks.base import model_config_from
 
     probe = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(probe):  # .npz files carry no config: config.model describes them
+        return None
     for _ in range(4):  # workdir, checkpoints/, <step>/, state/
         candidate = os.path.join(probe, "config.json")
         if os.path.isfile(candidate):

@@ -306,7 +306,7 @@ def plot_timeseries(path, rows, parts_by_date, box, ea_crs, basemap: str = "") -
     ax.set_ylabel("terminus change since first date (km, + = advance)")
     ax.set_title("Box method")
     ax.legend(loc="best")
-    fig.autofmt_xdate()
+    ax.tick_params(axis="x", labelrotation=30)
     if basemap:
         _draw_basemap(mp, basemap, ea_crs)
     cmap = plt.get_cmap("viridis")
