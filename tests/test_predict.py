@@ -154,6 +154,40 @@ def test_same_scene_in_two_crs_gives_the_same_front(oracle_scene, tmp_path):
     assert rows[0]["front_length_m"] == pytest.approx(a.length, rel=0.15)
 
 
+def test_geographic_crs_scene(oracle_scene, tmp_path):
+    """EPSG:4326 pixels: geodesic spacing (not square in metres), geodesic lengths."""
+    root, scene, _ = oracle_scene
+    name = "SynthA_2020-07-01_S1"
+    sg.reproject_scene(root / "in" / f"{name}.tif", tmp_path / "in" / "geo.tif", "EPSG:4326")
+    rows = _oracle_run(tmp_path / "in", tmp_path / "out")
+    row = rows[0]
+    assert row["status"] == "ok" and row["crs"] == "EPSG:4326"
+    assert "non-square pixels" in row["warnings"]
+    coarse = max(scenes.read_scene(str(tmp_path / "in" / "geo.tif")).spacing_m)
+    assert 0.5 * SPACING < row["spacing_m"] < 2 * SPACING
+    pred, _ = _front_lines(tmp_path / "out" / "geo" / "geo_front.geojson", scene.crs.to_wkt())
+    mean = np.mean([scene.front.distance(shapely.Point(p)) for p in shapely.get_coordinates(pred)])
+    assert mean <= coarse
+    assert row["front_length_m"] == pytest.approx(scene.front.length, rel=0.2)
+
+
+def test_caffe_png_uses_the_spacing_of_its_name(tmp_path):
+    from PIL import Image
+
+    zones = np.full((60, 60), 1, np.uint8)
+    Image.fromarray(sg.zone_code_image(zones)).save(tmp_path / "COL_2015-12-18_S1_20_1_094.png")
+    rows = _oracle_run(
+        tmp_path / "COL_2015-12-18_S1_20_1_094.png", tmp_path / "out", vector_formats=""
+    )
+    assert rows[0]["status"] == "ok"
+    assert (rows[0]["spacing_m"], rows[0]["glacier"], rows[0]["date"]) == (
+        20.0,
+        "COL",
+        "2015-12-18",
+    )
+    assert rows[0]["missing_front"]
+
+
 def test_resampling_to_the_model_spacing(oracle_scene, tmp_path):
     root, scene, _ = oracle_scene
     name = "SynthA_2020-07-01_S1"

@@ -199,13 +199,19 @@ def write_scene(
 
 
 def reproject_scene(src_path: Path | str, dst_path: Path | str, dst_crs: str) -> Path:
-    """Warps a scene GeoTIFF to ``dst_crs`` at the same pixel size (nearest neighbour)."""
+    """Warps a scene GeoTIFF to ``dst_crs`` (nearest neighbour; same pixel size if projected)."""
     dst_path = Path(dst_path)
     dst_path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(src_path) as src:
-        spacing = abs(src.transform.a)
+        # Same pixel size in a projected target; GDAL's default (about the same number of pixels)
+        # in a geographic one, whose degrees are not metres.
+        extra = (
+            {"resolution": abs(src.transform.a)}
+            if CRS.from_user_input(dst_crs).is_projected
+            else {}
+        )
         transform, width, height = calculate_default_transform(
-            src.crs, dst_crs, src.width, src.height, *src.bounds, resolution=spacing
+            src.crs, dst_crs, src.width, src.height, *src.bounds, **extra
         )
         data = np.zeros((height, width), dtype=src.dtypes[0])
         reproject(
