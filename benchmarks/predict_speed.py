@@ -101,11 +101,8 @@ def main(argv=None) -> int:
         config = predict_configs.get_config("paper")
         config.inputs = work + "/in"
         config.output_dir = f"{work}/out_tta{int(tta)}"
-        config.context_size, config.centre_size, config.stride = (
-            sizes["context"],
-            sizes["centre"],
-            sizes["stride"],
-        )
+        config.model = model_config.to_dict()
+        config.centre_size, config.stride = sizes["centre"], sizes["stride"]
         config.tta = tta
         config.batch_size = args.batch_size
         config.progress_every_s = 60.0
@@ -144,11 +141,8 @@ def main(argv=None) -> int:
             config = predict_configs.get_config("paper")
             config.inputs = work + "/in"
             config.output_dir = f"{work}/full_tta{int(tta)}"
-            config.context_size, config.centre_size, config.stride = (
-                sizes["context"],
-                sizes["centre"],
-                sizes["stride"],
-            )
+            config.model = model_config.to_dict()
+            config.centre_size, config.stride = sizes["centre"], sizes["stride"]
             config.tta, config.batch_size, config.progress_every_s = tta, args.batch_size, 30.0
             t0 = time.perf_counter()
             runner.predict_scenes(config, predict_fns=[predict_fn])

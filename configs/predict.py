@@ -16,7 +16,9 @@ predicts the synthetic georeferenced demo scenes (``python -m ssl4sar_jax.data.s
 
 import ml_collections
 
-from ssl4sar_jax.models import ModelConfig
+from ssl4sar_jax.config_lib import load_sibling
+
+common = load_sibling(__file__, "common")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -35,10 +37,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.process_index = 0  # this process's share of the sorted inputs: [index::count]
     c.process_count = 1
     c.fail_fast = False  # True: stop at the first failed scene (else record it and go on)
-    # Models: run workdirs (model from their config.json), step dirs or .npz (model below).
+    # Models: run workdirs (the model from their config.json), step dirs or .npz (config.model).
     c.checkpoints = ""  # comma-separated; several = ensemble (mean of probabilities)
     c.which = "best"  # for run workdirs: "best" or "latest"
-    c.model = ModelConfig.named("paper").to_dict()
+    c.model = common.model("paper")  # img_size = the context tile side
     # Reading.
     c.band = 0  # 0: the file must be single-band; N: read band N (1-based)
     c.input_scale = "auto"  # auto | uint8 | db | linear (power); see docs/predict.md
@@ -50,8 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train_spacing_range_m = (6.0, 20.0)  # CaFFe training spacings; warn far outside
     c.spacing_tolerance = 1.5  # warn below lo / tol or above hi * tol
     # Inference (the evaluation protocol: stride-128 Gaussian stitching of 512 tiles).
-    c.context_size = 0  # 0 = model.img_size
-    c.centre_size = 0  # 0 = context / 2
+    c.centre_size = 0  # 0 = half the context tile (config.model.img_size)
     c.stride = 0  # 0 = centre / 2
     c.stitch_mode = "gaussian"
     c.tta = False  # 4 rotations
@@ -66,11 +67,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.write_overlay = True
     if variant == "demo":
         c.num_cpu_devices = 2
-        c.model = ModelConfig.named("tiny", img_size=128).to_dict()
+        c.model = common.model("tiny", img_size=128)
         c.checkpoints = "/tmp/ft_demo"
         c.inputs = "/tmp/ssl4sar_geo_demo/scenes"
         c.output_dir = "/tmp/ssl4sar_predict_demo"
-        c.context_size = 128
         c.centre_size = 64
         c.stride = 32
         c.batch_size = 16

@@ -23,7 +23,7 @@ def _config(inputs, output_dir, **overrides):
     c = load_config("predict", "demo")
     c.inputs = str(inputs)
     c.output_dir = str(output_dir)
-    c.context_size, c.centre_size, c.stride, c.batch_size = 64, 32, 16, 16
+    c.model.img_size, c.centre_size, c.stride, c.batch_size = 64, 32, 16, 16
     c.progress_every_s = 0.0
     for key, value in overrides.items():
         setattr(c, key, value)

@@ -66,7 +66,7 @@ def test_cli_predicts_with_tta_ensemble_and_resumes(runs):
         f"--config.output_dir={runs / 'out'}",
         f"--config.checkpoints={runs / 'ft0'},{runs / 'ft1'}",
         "--config.tta=True",
-        "--config.context_size=0",  # = the checkpoints' model (32 px)
+        # The model (32 px tiles) comes from the checkpoints' config.json, not config.model.
         "--config.centre_size=16",
         "--config.stride=16",
         "--config.batch_size=8",

@@ -70,7 +70,7 @@ def runner_config(inputs, out):
     c = load_config("predict", "demo")
     c.inputs = f"{inputs}/SynthSeries_*_S1.tif"
     c.output_dir = str(out)
-    c.context_size, c.centre_size, c.stride, c.batch_size = 64, 32, 32, 16
+    c.model.img_size, c.centre_size, c.stride, c.batch_size = 64, 32, 32, 16
     return c
 
 

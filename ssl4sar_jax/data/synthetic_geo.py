@@ -372,7 +372,6 @@ def save_preview(path: Path | str, seed: int = 2, size: int = 384, spacing_m: fl
     write_scene(work, "coded", zone_coded=True, **kwargs)
     config = ml_collections.ConfigDict(
         dict(
-            context_size=64,
             centre_size=32,
             stride=16,
             model_pixel_spacing_m=0.0,
@@ -384,7 +383,7 @@ def save_preview(path: Path | str, seed: int = 2, size: int = 384, spacing_m: fl
         )
     )
     coded = scenes.read_scene(str(work / "coded.tif"))
-    pred = runner.predict_scene(coded, [oracle_predict_fn], config)
+    pred = runner.predict_scene(coded, [oracle_predict_fn], config, context=64)
     features = vector.front_features(pred.front, pred.zones, coded.transform)
     # Round trip through EPSG:4326 as the GeoJSON output does, then back to pixels.
     lines = vector.reproject_geometries([f["geometry"] for f in features], coded.crs, "EPSG:4326")

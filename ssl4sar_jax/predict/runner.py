@@ -161,10 +161,11 @@ def load_predictors(config: ml_collections.ConfigDict) -> tuple[list[PredictFn],
     import jax
     from flax import nnx
 
-    from ssl4sar_jax import checkpointing
     from ssl4sar_jax import sharding as sharding_lib
+    from ssl4sar_jax import steps
     from ssl4sar_jax.models import build_model
     from ssl4sar_jax.tasks.base import model_config_from
+    from ssl4sar_jax.tasks.evaluate import load_member
 
     paths = _as_list(config.checkpoints)
     if not paths:
@@ -188,26 +189,18 @@ def load_predictors(config: ml_collections.ConfigDict) -> tuple[list[PredictFn],
     model = build_model(model_config, seed=0, objective="segment")
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     template = jax.device_get(nnx.to_pure_dict(params))
-    rest = jax.device_put(nnx.to_pure_dict(rest), sharding_lib.replicated(mesh))
     batch_sh = sharding_lib.batch_sharding(mesh)
     repl = sharding_lib.replicated(mesh)
-
-    def predict(p, r, sar):
-        return nnx.merge(graphdef, p, r)(sar)["logits"]
-
-    predict_jit = jax.jit(predict, in_shardings=(repl, repl, batch_sh), out_shardings=batch_sh)
+    rest = jax.device_put(nnx.to_pure_dict(rest), repl)
+    predict_jit = jax.jit(
+        steps.make_predict_fn(graphdef), in_shardings=(repl, repl, batch_sh), out_shardings=batch_sh
+    )
     fns = []
     for path in paths:
-        path = os.path.expanduser(path)
-        if path.endswith(".npz"):
-            from ssl4sar_jax.models import convert_torch
+        member = jax.device_put(load_member(path, template, config.which), repl)
 
-            flat, _ = convert_torch.read_params_npz(path)
-        else:
-            flat = checkpointing.read_params(path, which=config.which)
-        member, _ = checkpointing.transfer_params(template, flat, source_name=f"checkpoint {path}")
-        member = jax.device_put(member, repl)
-
+        # Not steps.numpy_predictor: that one makes every process pass the same tiles and gathers
+        # the outputs, while here each process predicts its own scenes on its local devices.
         def predict_fn(tiles: np.ndarray, member=member) -> np.ndarray:
             tiles = np.asarray(tiles, np.float32)
             out = []
@@ -316,12 +309,22 @@ def predict_scene(
     scene: scenes_lib.Scene,
     predict_fns: Sequence[PredictFn],
     config: ml_collections.ConfigDict,
+    context: int,
     progress: Progress | None = None,
     roi_mask: np.ndarray | None = None,
     scenes_left: int = 0,
 ) -> ScenePrediction:
-    """Predicts one scene (see the module docstring for the steps)."""
-    context = int(config.context_size)
+    """Predicts one scene (see the module docstring for the steps).
+
+    Args:
+        scene: The scene.
+        predict_fns: Numpy predict functions ``[N, context, context, 1] -> [N, ..., K]`` logits.
+        config: A ``configs/predict.py`` config (tiling, TTA, resampling, post-processing).
+        context: Tile side (the model's ``img_size``).
+        progress: Optional progress reporter.
+        roi_mask: ``[H, W]`` bool region of interest (front pixels outside are dropped).
+        scenes_left: Scenes after this one (for the progress log).
+    """
     centre = int(config.centre_size) or context // 2
     stride = int(config.stride) or centre // 2
     sizes = dict(context=context, centre=centre, stride=stride)
@@ -679,17 +682,10 @@ def predict_scenes(
         logging.info("skipping %d scene(s) whose outputs exist", len(rows))
     if predict_fns is None and todo:
         predict_fns, model_config, model_id = load_predictors(config)
-        if int(config.context_size) == 0:
-            config.context_size = model_config.img_size
-        if int(config.context_size) != model_config.img_size:
-            raise ValueError(
-                f"config.context_size ({config.context_size}) must equal the model's img_size "
-                f"({model_config.img_size}); use 0 to take the model's"
-            )
+        context = model_config.img_size  # the checkpoints' model, which may differ from config
     else:
         model_id = str(config.get("model_id", "") or "custom")
-    if todo and int(config.context_size) <= 0:
-        raise ValueError("config.context_size must be set when predict_fns are passed")
+        context = int(config.model.img_size)
     csv_path, json_path = _summary_paths(output_dir, index, count)
     progress = Progress(float(config.progress_every_s))
     for i, path in enumerate(todo):
@@ -716,6 +712,7 @@ def predict_scenes(
                 scene,
                 predict_fns,
                 config,
+                context,
                 progress,
                 roi_mask=_roi_mask(config, scene),
                 scenes_left=len(todo) - i - 1,
