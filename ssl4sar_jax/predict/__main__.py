@@ -8,7 +8,7 @@ r"""Command line: ``python -m ssl4sar_jax.predict {scenes,timeseries} --config C
         --config.output_dir=runs/series
 
 Any config field can be overridden with ``--config.<key>=<value>``. Exit status 0 when every
-scene/front succeeded, 1 when some failed (they are listed in the summary), 2 on a usage error.
+scene/front succeeded, 1 when some failed (they are listed in the summary), 1 or 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from ssl4sar_jax import config_lib
 
 COMMANDS = ("scenes", "timeseries")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -56,20 +58,9 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    try:
-        return flags.FLAGS(argv)
-    except (AttributeError, KeyError) as err:  # a --config.<key> that the config lacks
-        sys.stderr.write(f"Unknown config key ({err}); configs are locked, see the config file.\n")
-        sys.exit(2)
-    except flags.Error as err:
-        sys.stderr.write(f"FATAL Flags parsing error: {err}\nPass --helpshort or --helpfull.\n")
-        sys.exit(2)
-
-
 def run() -> None:
     """Console-script entry point."""
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=config_lib.parse_flags)
 
 
 if __name__ == "__main__":
