@@ -298,6 +298,30 @@ def test_float_backscatter_conversion():
     assert scenes._infer_scale(power, valid & np.isfinite(db), "float32") == "linear"
 
 
+def test_float_db_geotiff_with_nan_nodata(tmp_path, oracle_scene):
+    _, scene, _ = oracle_scene
+    db = np.random.default_rng(0).uniform(-25, 0, (40, 50)).astype(np.float32)
+    db[:5] = np.nan
+    profile = dict(
+        driver="GTiff",
+        width=50,
+        height=40,
+        count=1,
+        dtype="float32",
+        crs="EPSG:3413",
+        transform=scene.transform,
+    )
+    with rasterio.open(tmp_path / "sigma0_db.tif", "w", **profile) as dst:
+        dst.write(db[None])
+        dst.update_tags(ACQUISITION_DATE="2022-02-03T10:00:00", MISSION="SENTINEL-1")
+    read = scenes.read_scene(str(tmp_path / "sigma0_db.tif"))
+    assert read.source_scale == "db" and read.date == "2022-02-03" and read.sensor == "S1"
+    assert not read.valid[:5].any() and read.valid[5:].all()
+    assert (read.sar[:5] == 0).all() and (read.sar[5:] >= 1).all()
+    np.testing.assert_array_equal(read.sar, scenes.to_uint8(db, read.valid, "db", (-27.0, 5.0)))
+    assert read.spacing_m == (SPACING, SPACING)
+
+
 def test_metadata_from_file_names_of_any_glacier():
     assert scenes.metadata_from_name("COL_2015-12-18_S1_20_1_094") == {
         "date": "2015-12-18",
@@ -330,6 +354,12 @@ def test_process_split_and_resume(oracle_scene, tmp_path):
         ("s0", "ok"),
         ("s2", "ok"),
     ]
+    (tmp_path / "out" / "s0" / "stale.txt").write_text("from an older run")
+    rows = _oracle_run(src / "s0.tif", tmp_path / "out", overwrite=True)
+    assert rows[0]["status"] == "ok"
+    assert not (tmp_path / "out" / "s0" / "stale.txt").exists()  # the old folder was replaced
+    assert (tmp_path / "out" / "s0" / "s0_front.geojson").exists()
+    assert not [p for p in os.listdir(tmp_path / "out") if p.startswith(".")]
     with pytest.raises(scenes.SceneError, match="same name"):
         os.makedirs(src / "sub")
         shutil.copy(src / "s0.tif", src / "sub" / "s0.tif")
