@@ -65,8 +65,9 @@ def check_segmenter_checkpoint(path: str, which: str) -> None:
         )
 
 
-def _load_member(path: str, template: dict[str, Any], which: str) -> dict[str, Any]:
+def load_member(path: str, template: dict[str, Any], which: str) -> dict[str, Any]:
     """Parameters of one ensemble member as a pure dict shaped like ``template``."""
+    check_segmenter_checkpoint(path, which)  # also guards other callers (predict)
     path = os.path.expanduser(path)
     if path.endswith(".npz"):
         from ssl4sar_jax.models import convert_torch
@@ -111,7 +112,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     )
     predict_fns = []
     for path in config.checkpoints:
-        member = jax.device_put(_load_member(path, template, config.which), repl)
+        member = jax.device_put(load_member(path, template, config.which), repl)
         predict_fns.append(
             steps.numpy_predictor(
                 predict_jit,
