@@ -24,7 +24,6 @@ Example (the numbers in docs/model.md)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -66,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
+    from ssl4sar_jax import io_utils
     from ssl4sar_jax.models import ModelConfig, SSL4SARSegmenter
 
     temp_gb_by_label: dict[str, float] = {}
@@ -242,10 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         table += [f"| {name} | {sec:.3f} | {gf:.1f} |" for name, sec, gf in conv_rows]
     print("\n" + "\n".join(table))
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(tmp, args.json)
+        io_utils.write_json_atomic(args.json, results, indent=1)
     return 0
 
 

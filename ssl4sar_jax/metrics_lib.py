@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from ssl4sar_jax import io_utils
+
 HISTORY_FILE = "metrics.jsonl"
 # The value the reference logs for an undefined validation MDE.
 MDE_UNDEFINED = 7777.0
@@ -71,7 +73,7 @@ class MetricWriter:
         os.makedirs(workdir, exist_ok=True)
         # Forget history beyond the resumed step (it will be recomputed identically).
         rows = [r for r in read_history(workdir) if r["step"] <= resume_step]
-        _atomic_write_lines(self.history_path, [json.dumps(r) for r in rows])
+        io_utils.write_lines_atomic(self.history_path, [json.dumps(r) for r in rows])
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -107,13 +109,6 @@ def read_history(workdir: str) -> list[dict[str, Any]]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def _atomic_write_lines(path: str, lines: list[str]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
 
 
 class ProgressReporter:
@@ -231,9 +226,9 @@ def plot_curves(workdir: str, out_path: str | None = None, title: str = "") -> s
         fig.suptitle(title)
     fig.tight_layout()
     out_path = out_path or os.path.join(workdir, "curves.png")
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = out_path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out_path)
+    try:
+        with io_utils.atomic_path(out_path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return out_path

@@ -41,7 +41,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from ssl4sar_jax import checkpointing, metrics_lib, optim, steps
+from ssl4sar_jax import checkpointing, io_utils, metrics_lib, optim, steps
 from ssl4sar_jax import sharding as sharding_lib
 from ssl4sar_jax.tasks import base as task_base
 from ssl4sar_jax.tasks import get_task
@@ -214,21 +214,16 @@ def make_plateau(
     )
 
 
-def write_json_atomic(path: str, payload: Mapping[str, Any]) -> None:
-    """Writes ``payload`` as JSON to a temporary file, then renames it over ``path``."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
-
-
 def write_run_files(config, task, mesh, workdir: str, setup: StateSetup) -> None:
     """``config.json`` and ``run_info.json`` (parameter count, mesh, init report) in the workdir."""
     logging.info("Model has %s parameters", f"{setup.param_count:,}")
     if jax.process_index() != 0:
         return
-    write_json_atomic(
-        os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
+    io_utils.write_json_atomic(
+        os.path.join(workdir, "config.json"),
+        json.loads(config.to_json_best_effort()),
+        sort_keys=True,
+        default=str,
     )
     info = {
         "task": config.task,
@@ -244,7 +239,9 @@ def write_run_files(config, task, mesh, workdir: str, setup: StateSetup) -> None
         info["init_report"] = {k: len(v) for k, v in report.items()}
         info["init_missing"] = report["missing"]
         info["init_unexpected"] = report["unexpected"]
-    write_json_atomic(os.path.join(workdir, "run_info.json"), info)
+    io_utils.write_json_atomic(
+        os.path.join(workdir, "run_info.json"), info, sort_keys=True, default=str
+    )
 
 
 # ---------------------------------------------------------------------------- state

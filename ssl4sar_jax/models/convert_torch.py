@@ -40,7 +40,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -48,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ssl4sar_jax import io_utils
 from ssl4sar_jax.models.config import ModelConfig, as_config
 
 FORMATS = ("microsoft", "tyrion")
@@ -327,12 +327,6 @@ def export_torch_state(model: nnx.Module, *, fmt: str = "tyrion") -> dict[str, n
 
 
 # ----------------------------------------------------------------------------- files
-def _atomic_target(path: str) -> tuple[int, str]:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    return tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-
-
 def read_torch_checkpoint(path: str, *, trust_pickle: bool = False) -> dict[str, np.ndarray]:
     """Reads a ``.pth``/``.ckpt`` file into ``{key: np.ndarray}`` (needs torch).
 
@@ -386,14 +380,8 @@ def write_torch_checkpoint(state: Mapping[str, np.ndarray], path: str, *, fmt: s
 
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
     payload = {"state_dict": tensors} if fmt == "tyrion" else {"model": tensors}
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+    with io_utils.atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def params_to_flat_dict(model: nnx.Module) -> dict[str, np.ndarray]:
@@ -411,14 +399,8 @@ def save_params_npz(
     arrays = params_to_flat_dict(model)
     meta = {"config": model.config.to_dict(), **(metadata or {})}
     arrays["__metadata__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with io_utils.atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def read_params_npz(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -557,10 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(report.summary())
         if args.report:
-            fd, tmp = _atomic_target(args.report)
-            with os.fdopen(fd, "w") as f:
-                json.dump(report.to_dict(), f, indent=1)
-            os.replace(tmp, args.report)
+            io_utils.write_json_atomic(args.report, report.to_dict(), indent=1)
         print(f"wrote {args.output}")
     else:
         load_params_npz(model, args.input)
