@@ -26,6 +26,8 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ssl4sar_jax.param_utils import path_to_str  # noqa: F401  (re-exported: sharding rules match these paths)
+
 DATA_AXIS = "data"
 
 
@@ -77,19 +79,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def replicated(mesh: Mesh) -> NamedSharding:
     """Fully replicated sharding."""
     return NamedSharding(mesh, P())
-
-
-def path_to_str(path: Sequence[Any]) -> str:
-    """``/``-joined readable form of a ``jax.tree_util`` key path."""
-    parts = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
 
 
 def _spec_fits(shape: Sequence[int], spec: Sequence[Any], mesh: Mesh) -> bool:

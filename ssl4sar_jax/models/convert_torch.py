@@ -35,7 +35,6 @@ The ``.npz`` files hold the NNX parameters keyed by ``/``-joined paths; load the
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
@@ -49,6 +48,7 @@ from flax import nnx
 
 from ssl4sar_jax import io_utils
 from ssl4sar_jax.models.config import ModelConfig, as_config
+from ssl4sar_jax.param_utils import LoadReport, model_params, param_variables, path_to_str
 
 FORMATS = ("microsoft", "tyrion")
 TYRION_PREFIX = "swin_unet."
@@ -63,55 +63,6 @@ _SKIP_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^(norm|head)\."), "ImageNet classifier (not part of the encoder)"),
     (re.compile(r"(^|\.)absolute_pos_embed$"), "absolute position embedding (ape=False)"),
 )
-
-
-@dataclasses.dataclass
-class LoadReport:
-    """What a weight import did.
-
-    Attributes:
-        loaded: Checkpoint keys copied into the model.
-        missing: Model parameters (as checkpoint keys) absent from the checkpoint.
-        mismatched: ``(key, checkpoint_shape, expected_shape)`` of parameters with the wrong shape.
-        skipped: ``(key, reason)`` of known checkpoint entries without counterpart (buffers,
-            dead weights, classifier).
-        unexpected: Other checkpoint keys that were ignored.
-        left_out: Model parameters deliberately not loaded (outside the requested scope,
-            e.g. the decoder for an encoder-only import), as NNX paths.
-    """
-
-    loaded: list[str] = dataclasses.field(default_factory=list)
-    missing: list[str] = dataclasses.field(default_factory=list)
-    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = dataclasses.field(
-        default_factory=list
-    )
-    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-    unexpected: list[str] = dataclasses.field(default_factory=list)
-    left_out: list[str] = dataclasses.field(default_factory=list)
-    num_loaded_values: int = 0
-
-    def summary(self) -> str:
-        """Human-readable multi-line summary."""
-        lines = [
-            f"loaded {len(self.loaded)} tensors ({self.num_loaded_values:,} values)",
-            f"skipped {len(self.skipped)} known entries (buffers / dead weights / classifier)",
-        ]
-        for key, reason in self.skipped:
-            lines.append(f"  skipped {key}: {reason}")
-        for name, items in (
-            ("missing", self.missing),
-            ("unexpected (ignored)", self.unexpected),
-            ("left out (kept at init)", self.left_out),
-        ):
-            lines.append(f"{name}: {len(items)}")
-            lines += [f"  {k}" for k in items]
-        lines.append(f"mismatched: {len(self.mismatched)}")
-        lines += [f"  {k}: checkpoint {a} vs model {b}" for k, a, b in self.mismatched]
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict."""
-        return dataclasses.asdict(self)
 
 
 # ----------------------------------------------------------------------------- key mapping
@@ -257,7 +208,7 @@ def load_torch_state(
             if _is_encoder_path(path):
                 wanted[path] = key[len(TYRION_PREFIX) :]
             else:
-                report.left_out.append("/".join(map(str, path)))
+                report.left_out.append(path_to_str(path))
     else:
         wanted = dict(keys)
         if "mask_token" in state and ("mask_token",) not in keys:
@@ -384,19 +335,11 @@ def write_torch_checkpoint(state: Mapping[str, np.ndarray], path: str, *, fmt: s
         torch.save(payload, tmp)
 
 
-def params_to_flat_dict(model: nnx.Module) -> dict[str, np.ndarray]:
-    """``{"encoder/layers/0/...": np.ndarray}`` of every parameter."""
-    return {
-        "/".join(map(str, path)): np.asarray(var[...])
-        for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))
-    }
-
-
 def save_params_npz(
     model: nnx.Module, path: str, *, metadata: Mapping[str, Any] | None = None
 ) -> None:
     """Saves all parameters (and the config as JSON) to ``path`` (``.npz``), atomically."""
-    arrays = params_to_flat_dict(model)
+    arrays = model_params(model)
     meta = {"config": model.config.to_dict(), **(metadata or {})}
     arrays["__metadata__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     with io_utils.atomic_open(path, "wb") as f:
@@ -433,8 +376,7 @@ def load_flat_dict(
     (``backbone/`` prefixes are added or stripped as needed).
     """
     report = LoadReport()
-    params = nnx.state(model, nnx.Param)
-    variables = {"/".join(map(str, p)): v for p, v in nnx.to_flat_state(params)}
+    params, variables = param_variables(model)
     has_backbone = any(k.startswith("backbone/") for k in variables)
     src_backbone = any(k.startswith("backbone/") for k in arrays)
     renamed = {}
