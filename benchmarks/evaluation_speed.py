@@ -29,6 +29,7 @@ from ssl4sar_jax.evaluation.ensemble import predict_probabilities
 from ssl4sar_jax.evaluation.postprocess import front_from_zones
 from ssl4sar_jax.evaluation.runner import evaluate_image, parse_record, summarise, write_outputs
 from ssl4sar_jax.evaluation.tiling import make_layout
+from ssl4sar_jax.progress import Progress
 
 # (glacier, sensor, resolution_m, count, (height, width)); sizes assumed, see the docstring.
 TEST_SPLIT = [
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rows, timed, pixels, index = [], 0.0, 0, 0
     start_all = time.perf_counter()
+    meter = Progress(args.images, "images")
     for glacier, sensor, res, count, (h, w) in TEST_SPLIT:
         h, w = max(16, int(h * args.scale)), max(16, int(w * args.scale))
         for i in range(count):
@@ -124,10 +126,9 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
             pixels += h * w
             index += 1
-            done_rate = index / max(time.perf_counter() - start_all, 1e-9)
+            meter.update(index)
             print(
-                f"[{index}/{args.images}] {record['stem']} {h}x{w}: MDE {row['mde_m']:.0f} m | "
-                f"{done_rate:.2f} images/s, ETA {(args.images - index) / done_rate:.0f} s",
+                f"{record['stem']} {h}x{w}: MDE {row['mde_m']:.0f} m | {meter.describe()}",
                 file=sys.stderr,
                 flush=True,
             )

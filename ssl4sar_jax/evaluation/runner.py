@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from ssl4sar_jax import progress as progress_lib
 from ssl4sar_jax.constants import GLACIERS, NUM_ZONE_CLASSES, SENSORS, season_of
 from ssl4sar_jax.evaluation import metrics as metrics_lib
 from ssl4sar_jax.evaluation import report
@@ -228,24 +229,18 @@ def summarise(rows: Sequence[dict]) -> tuple[dict[str, float], dict]:
 
 
 class _Progress:
+    """Per-image progress lines (images/s, ETA) on stderr when ``verbose``."""
+
     def __init__(self, total: int | None, verbose: bool, label: str):
-        self.total, self.verbose, self.label = total, verbose, label
-        self.start = time.perf_counter()
-        self.done = 0
+        self.verbose, self.label = verbose, label
+        self.meter = progress_lib.Progress(total, "images")
 
     def step(self, message: str) -> None:
-        self.done += 1
-        if not self.verbose:
-            return
-        elapsed = time.perf_counter() - self.start
-        rate = self.done / max(elapsed, 1e-9)
-        total = f"/{self.total}" if self.total else ""
-        eta = f", ETA {(self.total - self.done) / rate:.0f} s" if self.total else ""
-        print(
-            f"[{self.label} {self.done}{total}] {message} | {rate:.2f} images/s{eta}",
-            file=sys.stderr,
-            flush=True,
-        )
+        self.meter.update()
+        if self.verbose:
+            print(
+                f"[{self.label}] {message} | {self.meter.describe()}", file=sys.stderr, flush=True
+            )
 
 
 def write_outputs(

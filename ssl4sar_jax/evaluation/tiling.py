@@ -24,6 +24,8 @@ from collections.abc import Iterator
 import numpy as np
 from scipy import ndimage
 
+from ssl4sar_jax import array_utils
+
 STITCH_MODES = ("plain", "gaussian")
 
 
@@ -222,8 +224,7 @@ def centre_crop(tiles: np.ndarray, context: int, centre: int) -> np.ndarray:
         raise ValueError(
             f"Expected tiles of size {context}x{context}, got shape {tuple(tiles.shape)}"
         )
-    m = (context - centre) // 2
-    return tiles[:, m : m + centre, m : m + centre]
+    return array_utils.centre_crop(tiles, centre)
 
 
 class Stitcher:
