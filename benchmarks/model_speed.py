@@ -9,7 +9,8 @@ Measures, in one process:
    dropout on,
 
 and prints a Markdown table with images/s and achieved GFLOP/s. The paper configuration
-costs 163.0 GFLOPs per forward at 512 x 512 (matmul + conv, model_and_training.md §1.9) and
+costs 163.0 GFLOPs per forward at 512 x 512 (matmul + conv, counted with
+``torch.utils.flop_counter`` on the TYRION model, 2 FLOPs per multiply-add) and
 about 3x that per train step; XLA's own count (``cost_analysis``) is shown next to it.
 
 ``--devices N`` simulates N host devices (``JAX_NUM_CPU_DEVICES``) and shards the batch over

@@ -1,6 +1,8 @@
 """Training losses of SSL4SAR (fine-tuning and both self-supervised objectives).
 
-Definitions follow `model_and_training.md` §3.2 (fine-tuning) and §4.2–§4.4 (pretraining):
+Definitions follow Nora-Go/TYRION (fine-tuning: ``TyrionWrapper.calculate_loss`` and
+``model/loss/ImprovedLosses.py``; pretraining: ``model/pretraining/OptSimMIM.py`` and
+``OptTranslator.py``):
 
 * Fine-tuning: ``0.5·CE(centre) + 0.5·CE(context) + 0.5·Dice(centre) + 0.5·Dice(context)`` where
   the centre is the central crop of the context logits (so centre pixels count twice, as in the
@@ -105,7 +107,7 @@ def finetune_loss(
     smoothing_mode: str = "reference",
     dice_group_size: int = 0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Context/centre fine-tuning loss of TYRION (`model_and_training.md` §3.2).
+    """Context/centre fine-tuning loss of TYRION (``TyrionWrapper.calculate_loss``).
 
     Args:
         logits: ``[B, H, W, K]`` context logits (``H = W = 512`` in the paper).

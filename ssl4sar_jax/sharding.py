@@ -2,7 +2,8 @@
 
 * The mesh comes from ``config.mesh`` — a list of ``(axis_name, size)`` with one ``-1`` — over
   ``jax.devices()`` (all processes). Axes are ``AxisType.Auto`` so GSPMD propagates shardings
-  through convolutions (Explicit axes fail there, `dependencies.md` §4).
+  through convolutions (with ``AxisType.Explicit``, sharding parameters on the batch axis makes
+  ``conv_general_dilated`` ask for an explicit ``out_sharding``).
 * Batches are sharded on their leading axis over ``"data"``.
 * Parameters and optimiser state are replicated by default; ``config.sharding_rules`` — a list of
   ``(regex, spec)`` matched against the ``/``-joined path of every leaf of the abstract train

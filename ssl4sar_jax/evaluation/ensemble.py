@@ -1,4 +1,7 @@
-"""Full-image prediction, test-time augmentation (TTA), ensembles (``model_and_training.md`` §5).
+"""Full-image prediction, test-time augmentation (TTA), ensembles.
+
+As Nora-Go/TYRION ``Evaluation_test_time_aug_ensemble.py``: the members' softmax outputs over
+the 4 rotations (0/90/180/270 degrees, no flips) are averaged.
 
 * One pass: tile the image, run ``predict_fn`` on batches of contexts, cut the centre of the
   logits, softmax, stitch (``tiling.py``).

@@ -1,4 +1,5 @@
-"""Front and zone metrics (``data_and_evaluation.md`` §4.2, §4.4, §4.5).
+"""Front and zone metrics and their breakdowns (Nora-Go/TYRION ``Evaluation.py``; the same
+functions in the CaFFe code, Nora-Go/Calving_Fronts_and_Where_to_Find_Them ``validate_or_test.py``).
 
 Mean Distance Error (MDE), exactly as TYRION/CaFFe ``front_error`` +
 ``calculate_front_delineation_metric``: for each image i with predicted front P_i, true front G_i
@@ -232,7 +233,7 @@ def average_zone_metrics(rows: Sequence[dict]) -> dict[str, float]:
 
 
 def sensor_group(sensor: str) -> str:
-    """TSX and TDX are reported together as ``"TSX/TDX"`` (§1.3)."""
+    """TSX and TDX are reported together as ``"TSX/TDX"`` (one mission pair, as in the CaFFe breakdowns)."""
     return "TSX/TDX" if sensor in ("TSX", "TDX") else sensor
 
 

@@ -1,6 +1,7 @@
 """Full-image tiling and stitching, as the reference evaluates whole CaFFe images.
 
-Two reference modes (``data_and_evaluation.md`` §3.2, §3.4, §4.1):
+Two modes of Nora-Go/TYRION (``CaFFe/fetcher.py`` and ``CaFFe/dataset_hook.py``; padding is
+NumPy ``symmetric``, i.e. mirrored including the edge pixel):
 
 * **Non-overlapping** (``stride == centre``, TYRION ``PatchDataSet``): the image is padded with
   ``pad_whole_image`` and cut into a grid of ``(H // centre + 1) x (W // centre + 1)`` contexts

@@ -1,6 +1,7 @@
 """PyTorch weight import/export for the SSL4SAR models (NumPy key mapping; torch only for files).
 
-Two checkpoint formats are read (model_and_training.md §4.5-§4.6):
+Two checkpoint formats are read (those Nora-Go/TYRION loads: ``Tyrion.load_from_pretrained`` and
+the Lightning checkpoints of ``train_Tyrion.py``):
 
 * **Microsoft SwinV2** (``swinv2_tiny_patch4_window16_256.pth``): ``{"model": state_dict}``
   with keys such as ``layers.0.blocks.1.attn.qkv.weight``. Loaded into the encoder only;
