@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -270,6 +271,7 @@ def breakdowns(rows: Sequence[dict]) -> dict[str, dict[str, dict]]:
             "/".join(str(v) for v in key): {
                 **pool_front_metrics(group),
                 "iou_mean": average_zone_metrics(group)["iou_mean"],
+                **pool_extra_metrics(group),
             }
             for key, group in sorted(groups.items())
         }
@@ -287,3 +289,81 @@ def json_safe(obj):
     if isinstance(obj, float):
         return _nan_to_none(obj)
     return obj
+
+
+# ---------------------------------------------------------------------------- registry
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """An extra evaluation metric: computed per image, pooled over any set of images.
+
+    Registered metrics run after the built-in front and zone metrics, for every evaluation
+    (``ssl4sar_jax.evaluation.runner``, training-time validation, the evaluate task): their
+    per-image values become columns of ``per_image.csv``, their pooled values enter the flat
+    metrics as ``{group}/{key}`` and every breakdown subset (per glacier, season, ...).
+
+    Attributes:
+        name: Registry key.
+        per_image: ``(image, pred_zones [H, W], pred_front [H, W] bool) -> {column: float}``;
+            ``image`` is the runner's validated ``ImageRecord`` (``zones``, ``front``,
+            ``pixel spacing``, ``glacier``, ...).
+        pool: ``(rows) -> {key: float}`` over per-image rows; None: the NaN-skipping mean of
+            each column that ``per_image`` returned.
+        group: Prefix of the flat keys (``"zones"``, ``"front"`` or a new one).
+    """
+
+    name: str
+    per_image: Callable[[Any, np.ndarray, np.ndarray], dict[str, float]]
+    pool: Callable[[Sequence[dict]], dict[str, float]] | None = None
+    group: str = "zones"
+
+
+_METRICS: dict[str, Metric] = {}
+_COLUMNS: dict[str, tuple[str, ...]] = {}  # per-image columns each metric returned
+
+
+def register_metric(metric: Metric, *, replace: bool = False) -> Metric:
+    """Adds ``metric`` to the registry (``replace=True`` to overwrite an entry)."""
+    if metric.name in _METRICS and not replace:
+        raise ValueError(f"metric {metric.name!r} is already registered")
+    _METRICS[metric.name] = metric
+    return metric
+
+
+def unregister_metric(name: str) -> None:
+    """Removes an entry (tests that register a temporary metric)."""
+    _METRICS.pop(name, None)
+    _COLUMNS.pop(name, None)
+
+
+def metric_names() -> tuple[str, ...]:
+    """Registered extra metrics, in registration order."""
+    return tuple(_METRICS)
+
+
+def extra_image_metrics(image: Any, pred_zones: np.ndarray, pred_front: np.ndarray) -> dict:
+    """The per-image values of every registered metric (merged into the runner's row)."""
+    out: dict[str, float] = {}
+    for metric in _METRICS.values():
+        values = {k: float(v) for k, v in metric.per_image(image, pred_zones, pred_front).items()}
+        clash = sorted(set(values) & set(out))
+        if clash:
+            raise ValueError(f"metric {metric.name!r} returns columns already taken: {clash}")
+        _COLUMNS[metric.name] = tuple(values)
+        out.update(values)
+    return out
+
+
+def pool_extra_metrics(rows: Sequence[dict]) -> dict[str, float]:
+    """Pooled values of every registered metric, as flat ``{group}/{key}`` entries."""
+    out: dict[str, float] = {}
+    for metric in _METRICS.values():
+        if metric.pool is not None:
+            pooled = metric.pool(rows)
+        else:
+            pooled = {}
+            for column in _COLUMNS.get(metric.name, ()):
+                values = np.asarray([row[column] for row in rows], dtype=np.float64)
+                finite = ~np.isnan(values)
+                pooled[column] = float(values[finite].mean()) if finite.any() else float("nan")
+        out.update({f"{metric.group}/{k}": float(v) for k, v in pooled.items()})
+    return out

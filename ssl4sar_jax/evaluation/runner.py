@@ -214,6 +214,7 @@ def evaluate_image(
         "n_true_front": int(image.front.sum()),
     }
     row.update(metrics_lib.zone_metrics(pred_zones, image.zones))
+    row.update(metrics_lib.extra_image_metrics(image, pred_zones, pred_front))
     return row, pred_front
 
 
@@ -225,6 +226,7 @@ def summarise(rows: Sequence[dict]) -> tuple[dict[str, float], dict]:
     zones = metrics_lib.average_zone_metrics(rows)
     flat = {f"front/{k}": v for k, v in front.items()}
     flat.update({f"zones/{k}": v for k, v in zones.items()})
+    flat.update(metrics_lib.pool_extra_metrics(rows))
     return flat, metrics_lib.breakdowns(rows)
 
 
