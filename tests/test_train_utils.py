@@ -72,7 +72,7 @@ def data_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session", autouse=False)
 def compilation_cache(tmp_path_factory):
     """Persistent compilation cache for the session (identical programs compile once)."""
-    from jax._src import compilation_cache as cc
+    from jax.experimental.compilation_cache import compilation_cache as cc
 
     cache_dir = str(tmp_path_factory.getbasetemp() / "jax_cache")
     previous = (
