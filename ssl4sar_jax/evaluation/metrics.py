@@ -32,6 +32,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ssl4sar_jax.constants import NUM_ZONE_CLASSES, ZONE_NAMES
+from ssl4sar_jax.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,27 +318,24 @@ class Metric:
     group: str = "zones"
 
 
-_METRICS: dict[str, Metric] = {}
+_METRICS: Registry[Metric] = Registry("metric")
 _COLUMNS: dict[str, tuple[str, ...]] = {}  # per-image columns each metric returned
 
 
 def register_metric(metric: Metric, *, replace: bool = False) -> Metric:
     """Adds ``metric`` to the registry (``replace=True`` to overwrite an entry)."""
-    if metric.name in _METRICS and not replace:
-        raise ValueError(f"metric {metric.name!r} is already registered")
-    _METRICS[metric.name] = metric
-    return metric
+    return _METRICS.add(metric.name, metric, replace=replace)
 
 
 def unregister_metric(name: str) -> None:
     """Removes an entry (tests that register a temporary metric)."""
-    _METRICS.pop(name, None)
+    _METRICS.remove(name)
     _COLUMNS.pop(name, None)
 
 
 def metric_names() -> tuple[str, ...]:
     """Registered extra metrics, in registration order."""
-    return tuple(_METRICS)
+    return _METRICS.names()
 
 
 def extra_image_metrics(image: Any, pred_zones: np.ndarray, pred_front: np.ndarray) -> dict:
