@@ -12,16 +12,16 @@ The generators render glacier scenes procedurally (numpy + scipy, deterministic 
 * backscatter in dB per surface with texture (crevasses, terrain), seasons changing contrast
   (wet snow darkens the glacier in summer), multiplicative gamma speckle with few looks applied to
   the linear intensity, then quantised in log scale per sensor;
-* the real mix of sensors and pixel spacings per glacier (reference §1.6), scaled-down sizes.
+* the real mix of sensors and pixel spacings per glacier (CaFFe, Gourmelon et al. 2022, ESSD), scaled-down sizes.
 
-CaFFe output (reference §1.2, exact layout and file-name grammar)::
+CaFFe output (the layout and file-name grammar of the CaFFe ``data_raw`` archive)::
 
     <root>/data_raw/sar_images/{train,test}/<stem>.png
     <root>/data_raw/zones/{train,test}/<stem>_zones.png
     <root>/data_raw/fronts/{train,test}/<stem>_front.png
     <root>/data_raw/bounding_boxes/<stem>_front_extent_coord.txt
 
-SSL4SAR output (the layout the `ssl4sar` builder reads; reference §2.2)::
+SSL4SAR output (the layout the `ssl4sar` builder reads, as TYRION ``CaFFe/dataset_unlabeled.py``)::
 
     <root>/unlabeled_data_raw_train/<S1A|S1B>_<Glacier>_<YYYY-MM-DD>_<orbit>.png
     <root>/unlabeled_data_raw_val/...
@@ -93,12 +93,12 @@ SENSOR_LOOKS: dict[str, float] = {
     "TDX": 1.5,
     "S1": 4.0,
 }
-# Quality-factor frequencies 1..6 of the real data (reference §1.6).
+# Quality-factor frequencies 1..6 of the real CaFFe images (file-name field 4).
 QUALITY_WEIGHTS = np.array([334, 141, 111, 54, 36, 5], dtype=np.float64)
 
 
 def sensor_resolution(glacier: str, sensor: str, rng: np.random.Generator) -> int:
-    """Pixel spacing (m) per sensor, consistent with the real per-resolution counts (§1.6)."""
+    """Pixel spacing (m) per sensor, consistent with the real CaFFe per-resolution counts."""
     if sensor in ("TSX", "TDX"):
         return 6 if glacier == "JAC" else 7
     if sensor == "PALSAR":
@@ -355,7 +355,7 @@ def front_line(zones: np.ndarray) -> np.ndarray:
 def front_bbox(front: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Box around the front in file order (lu, ll, rl, ru) as float32 [4, 2] of (x, y).
 
-    "Upper" y is the larger row index (reference §1.7), so the kept window is rows
+    "Upper" y is the larger row index (as the CaFFe code reads the box), so the kept window is rows
     ``[rl_y, lu_y)`` x cols ``[lu_x, rl_x)``.
     """
     h, w = front.shape
