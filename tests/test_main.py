@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from test_train_utils import REPO, compilation_cache, data_dir  # noqa: F401
+from train_helpers import REPO
 
 
 def _run_main(args, env_extra=None, timeout=600):
@@ -40,7 +40,7 @@ def test_unknown_config_key_fails_clearly(tmp_path):
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
-def test_main_finetune_smoke_with_validation_mde(tmp_path, data_dir, compilation_cache):  # noqa: F811
+def test_main_finetune_smoke_with_validation_mde(tmp_path, data_dir, compilation_cache):
     workdir = tmp_path / "ft"
     result = _run_main(
         [
@@ -78,8 +78,8 @@ def test_main_finetune_smoke_with_validation_mde(tmp_path, data_dir, compilation
     assert (workdir / "best_checkpoint").is_dir() and (workdir / "curves.png").exists()
 
 
-def test_evaluate_task_scores_a_finetuned_workdir(tmp_path, data_dir, compilation_cache):  # noqa: F811
-    from test_train_utils import load_config, micro_config, model_dict
+def test_evaluate_task_scores_a_finetuned_workdir(tmp_path, data_dir, compilation_cache):
+    from train_helpers import load_config, micro_config, model_dict
 
     from ssl4sar_jax import train_lib
     from ssl4sar_jax.tasks.evaluate import evaluate

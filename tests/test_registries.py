@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from test_train_utils import compilation_cache, data_dir, load_config, micro_config  # noqa: F401
+from train_helpers import load_config, micro_config
 
 from ssl4sar_jax import metrics_lib, objectives, tasks, train_lib
 from ssl4sar_jax.models import SSL4SARSegmenter, build_model
@@ -55,8 +55,8 @@ def toy_objective():
 
 def test_a_toy_objective_trains_through_the_real_loop(
     toy_objective,
-    data_dir,  # noqa: F811
-    compilation_cache,  # noqa: F811
+    data_dir,
+    compilation_cache,
     tmp_path,
 ):
     # configs/pretrain.py offers the new objective's variants and applies its hyper-parameters.
@@ -90,14 +90,14 @@ def test_objective_registry_lists_and_refuses():
         objectives.get_objective("nope")
 
 
-def test_pretrain_task_refuses_a_non_trainable_objective(data_dir):  # noqa: F811
+def test_pretrain_task_refuses_a_non_trainable_objective(data_dir):
     config = micro_config("pretrain", "smoke", data_dir)
     config.objective = "segment"
     with pytest.raises(ValueError, match="config.objective must be one of"):
         tasks.get_task(config)
 
 
-def test_task_registry(data_dir):  # noqa: F811
+def test_task_registry(data_dir):
     assert tasks.task_names(training_only=True) == ("pretrain", "finetune")
     assert not tasks.get_entry("evaluate").trains
     config = micro_config("finetune", "smoke", data_dir)
@@ -112,7 +112,7 @@ def test_task_registry(data_dir):  # noqa: F811
         tasks.register_task("x")
 
 
-def test_input_size_has_one_home(data_dir):  # noqa: F811
+def test_input_size_has_one_home(data_dir):
     config = micro_config("finetune", "smoke", data_dir)
     task = tasks.get_task(config)
     assert task.context == config.model.img_size == 32
