@@ -308,18 +308,23 @@ class Metric:
             ``image`` is the runner's validated ``ImageRecord`` (``zones``, ``front``,
             ``pixel spacing``, ``glacier``, ...).
         pool: ``(rows) -> {key: float}`` over per-image rows; None: the NaN-skipping mean of
-            each column that ``per_image`` returned.
+            each column.
         group: Prefix of the flat keys (``"zones"``, ``"front"`` or a new one).
+        columns: The per-image columns ``per_image`` returns (default: just ``name``).
     """
 
     name: str
     per_image: Callable[[Any, np.ndarray, np.ndarray], dict[str, float]]
     pool: Callable[[Sequence[dict]], dict[str, float]] | None = None
     group: str = "zones"
+    columns: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.columns:
+            object.__setattr__(self, "columns", (self.name,))
 
 
 _METRICS: Registry[Metric] = Registry("metric")
-_COLUMNS: dict[str, tuple[str, ...]] = {}  # per-image columns each metric returned
 
 
 def register_metric(metric: Metric, *, replace: bool = False) -> Metric:
@@ -330,7 +335,6 @@ def register_metric(metric: Metric, *, replace: bool = False) -> Metric:
 def unregister_metric(name: str) -> None:
     """Removes an entry (tests that register a temporary metric)."""
     _METRICS.remove(name)
-    _COLUMNS.pop(name, None)
 
 
 def metric_names() -> tuple[str, ...]:
@@ -343,10 +347,14 @@ def extra_image_metrics(image: Any, pred_zones: np.ndarray, pred_front: np.ndarr
     out: dict[str, float] = {}
     for metric in _METRICS.values():
         values = {k: float(v) for k, v in metric.per_image(image, pred_zones, pred_front).items()}
+        if set(values) != set(metric.columns):
+            raise ValueError(
+                f"metric {metric.name!r} returned columns {sorted(values)}, declared "
+                f"{sorted(metric.columns)}"
+            )
         clash = sorted(set(values) & set(out))
         if clash:
             raise ValueError(f"metric {metric.name!r} returns columns already taken: {clash}")
-        _COLUMNS[metric.name] = tuple(values)
         out.update(values)
     return out
 
@@ -359,7 +367,7 @@ def pool_extra_metrics(rows: Sequence[dict]) -> dict[str, float]:
             pooled = metric.pool(rows)
         else:
             pooled = {}
-            for column in _COLUMNS.get(metric.name, ()):
+            for column in metric.columns:
                 values = np.asarray([row[column] for row in rows], dtype=np.float64)
                 finite = ~np.isnan(values)
                 pooled[column] = float(values[finite].mean()) if finite.any() else float("nan")
