@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from train_helpers import REPO
-
-
-def _run_main(args, env_extra=None, timeout=600):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, "-m", "ssl4sar_jax.main", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from train_helpers import run_main
 
 
 def test_unknown_config_key_fails_clearly(tmp_path):
-    result = _run_main(
+    result = run_main(
         [
             "--config",
             "configs/finetune.py:smoke",
@@ -42,7 +26,7 @@ def test_unknown_config_key_fails_clearly(tmp_path):
 
 def test_main_finetune_smoke_with_validation_mde(tmp_path, data_dir, compilation_cache):
     workdir = tmp_path / "ft"
-    result = _run_main(
+    result = run_main(
         [
             "--config",
             "configs/finetune.py:smoke",

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 import ml_collections
 
@@ -61,3 +63,18 @@ def micro_config(
 def model_dict(**overrides) -> dict:
     """The micro `ModelConfig` as a dict (for config.model)."""
     return ModelConfig.named("tiny", **{**MICRO_MODEL, **overrides}).to_dict()
+
+
+def run_main(args, env_extra=None, timeout=600) -> subprocess.CompletedProcess:
+    """``python -m ssl4sar_jax.main *args`` in a subprocess from the repository root."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "ssl4sar_jax.main", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
