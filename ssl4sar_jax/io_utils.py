@@ -5,7 +5,7 @@ weights) goes through :func:`atomic_path`: the content is written to a temporary
 same folder (so the final rename stays on one file system) and ``os.replace``-d over the
 target only once it is complete; on any error the temporary file is removed and the old
 target, if any, is left untouched. The file gets ordinary permissions (``0o666`` minus the
-umask), unlike ``tempfile.mkstemp``'s ``0o600``.
+umask, as any file the writer creates), unlike ``tempfile.mkstemp``'s ``0o600``.
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from typing import Any
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yields a fresh temporary path next to ``path``; renames it over ``path`` on success.
 
-    The temporary file already exists (empty) when the path is yielded; writers that take a
-    file name (``fig.savefig``, ``torch.save``, ``PIL.Image.save``) simply overwrite it. It
-    keeps the extension of ``path``, so format inference by extension still works. Missing
-    parent folders are created.
+    The temporary path does not exist yet: the writer creates it (``open``, ``fig.savefig``,
+    ``torch.save``, rasterio, pyogrio), so it gets the writer's ordinary permissions. It keeps
+    the extension of ``path``, so format inference by extension still works, and its name
+    starts with ``.tmp_``. Missing parent folders are created. A writer that produces no file
+    makes the rename fail with ``FileNotFoundError`` naming the temporary path.
 
     Args:
-        path: Final file path.
+        path: Final file path (a single file; not for formats with sidecar files).
 
     Yields:
         The temporary file's path.
@@ -37,14 +38,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     folder, name = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     stem, ext = os.path.splitext(name)
-    while True:
-        tmp = os.path.join(folder, f".tmp_{stem}.{secrets.token_hex(4)}{ext}")
-        try:
-            # os.open applies the umask to 0o666, as open() does for ordinary files.
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:  # pragma: no cover - 32 random bits collided
-            continue
+    tmp = os.path.join(folder, f".tmp_{stem}.{secrets.token_hex(6)}{ext}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -92,3 +86,20 @@ def write_json_atomic(
     """
     with atomic_open(path, "w") as f:
         json.dump(payload, f, indent=indent, **kw)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> None:
+    """Saves a matplotlib figure to ``path`` atomically and closes it (also on error).
+
+    Args:
+        fig: A ``matplotlib.figure.Figure``.
+        path: Final file path.
+        **savefig_kwargs: Passed to ``fig.savefig`` (``dpi``, ``format``, ...).
+    """
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, **savefig_kwargs)
+    finally:
+        plt.close(fig)

@@ -207,9 +207,5 @@ def plot_curves(workdir: str, out_path: str | None = None, title: str = "") -> s
         fig.suptitle(title)
     fig.tight_layout()
     out_path = out_path or os.path.join(workdir, "curves.png")
-    try:
-        with io_utils.atomic_path(out_path) as tmp:
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
+    io_utils.save_figure(fig, out_path, dpi=110)
     return out_path

@@ -179,8 +179,4 @@ def summary_plot(path: str, breakdowns: dict, overall: dict) -> None:
     iou = overall.get("zones/iou_mean", float("nan"))
     fig.suptitle(f"Pooled MDE {mde:.1f} m, mean zone IoU {iou:.3f} ({', '.join(ZONE_NAMES)})")
     fig.tight_layout()
-    try:
-        with io_utils.atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
+    io_utils.save_figure(fig, path, dpi=110, format="png")

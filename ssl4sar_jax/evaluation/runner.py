@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from ssl4sar_jax import progress as progress_lib
-from ssl4sar_jax.constants import NUM_ZONE_CLASSES, SEASONS, season_of
+from ssl4sar_jax.constants import NUM_ZONE_CLASSES, SEASONS, season_of, stem_fields
 from ssl4sar_jax.evaluation import metrics as metrics_lib
 from ssl4sar_jax.evaluation import report
 from ssl4sar_jax.evaluation.ensemble import ensemble_probabilities
@@ -93,25 +93,25 @@ def parse_record(
             ``allow_empty_true_front``).
     """
     stem = _text(record.get("stem")) or f"record_{index}"
-    fields = stem.split("_")
+    fields = stem_fields(stem)
 
-    def field(key: str, position: int) -> str | None:
+    def field(key: str) -> str | None:
         value = _text(record.get(key))
-        if value is None and len(fields) > position:
-            value = fields[position]
-        return value
+        return fields.get(key) if value is None else value
 
-    glacier = field("glacier", 0)
+    glacier = field("glacier")
     if not glacier:
         raise ValueError(f"{stem}: no glacier (record field or stem field 0)")
-    sensor = field("sensor", 2)
+    sensor = field("sensor")
     if not sensor:
         raise ValueError(f"{stem}: no sensor (record field or stem field 2)")
-    date = field("date", 1) or ""
+    date = field("date") or ""
     raw_res = record.get("resolution_m")
     try:
-        resolution = int(np.asarray(raw_res).item()) if raw_res is not None else int(fields[3])
-    except (ValueError, IndexError) as err:
+        resolution = (
+            int(np.asarray(raw_res).item()) if raw_res is not None else int(fields["resolution_m"])
+        )
+    except (ValueError, KeyError) as err:
         raise ValueError(f"{stem}: cannot read the resolution (field 3 of the stem)") from err
     if resolution <= 0:
         raise ValueError(f"{stem}: resolution must be positive, got {resolution}")
