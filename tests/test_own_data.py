@@ -291,3 +291,45 @@ def test_count_problems_end_with_the_subset_hint(tmp_path):
         "validation": 1,
         "test": 4,
     }
+
+
+def test_an_unknown_glacier_trains_and_is_evaluated_with_its_own_breakdown(
+    tmp_path, compilation_cache
+):
+    # Helheim (not a CaFFe glacier) is the whole validation split: the training run's
+    # validation scores it, and every breakdown names it.
+    folder = own_caffe_folder(tmp_path / "mine")
+    workdir = tmp_path / "run"
+    result = run_main(
+        [
+            "--config",
+            "configs/finetune.py:smoke",
+            "--workdir",
+            str(workdir),
+            "--config.data.config=folder",
+            f"--config.data.manual_dir={folder}",
+            "--config.data.test_glaciers=DBE",
+            "--config.data.val_glaciers=Helheim",
+            "--config.data.northern_glaciers=Helheim",
+            f"--config.data.data_dir={tmp_path / 'tfds'}",
+            "--config.total_steps=2",
+            "--config.val.every_steps=2",
+            "--config.val.write_pictures_every=1",
+            *MICRO_ARGS,
+        ],
+        env_extra={
+            "JAX_COMPILATION_CACHE_DIR": compilation_cache,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        },
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((workdir / "val" / "step_000002" / "metrics.json").read_text())
+    breakdowns = saved["breakdowns"]
+    assert set(breakdowns["glacier"]) == {"Helheim"}
+    assert breakdowns["glacier"]["Helheim"]["num_images"] == 2
+    # The season comes from the hemisphere given for the new glacier (not "unknown").
+    assert {k.split("/")[1] for k in breakdowns["glacier_season"]} <= {"winter", "summer"}
+    assert all(k.startswith("Helheim/") for k in breakdowns["glacier_sensor"])
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if "val/front/num_images" in r][-1]
+    assert val["step"] == 2 and val["val/front/num_images"] == 2
