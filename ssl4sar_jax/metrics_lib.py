@@ -48,14 +48,26 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss becomes NaN or Inf."""
 
 
-def check_finite(metrics: Mapping[str, float], step: int, last_good_step: int | None) -> None:
-    """Stop the run if the loss is not finite, naming the step and the checkpoint kept."""
+def check_finite(
+    metrics: Mapping[str, float],
+    step: int,
+    last_good_step: int | None,
+    advice: str | None = None,
+) -> None:
+    """Stop the run if the loss is not finite, naming the step and the checkpoint kept.
+
+    ``advice`` replaces the generic hint (the loop passes ``ssl4sar_jax.health.advice``).
+    """
     loss = float(metrics.get("loss", 0.0))
     if not math.isfinite(loss):
         raise NonFiniteLossError(
             f"Non-finite training loss ({loss}) at step {step}. The last good checkpoint is step "
-            f"{last_good_step} (not overwritten). Lower config.optim.learning_rate or check the "
-            "input data, then resume from the workdir."
+            f"{last_good_step} (not overwritten). "
+            + (
+                advice
+                or "Lower config.optim.learning_rate or check the input data, then resume from "
+                "the workdir."
+            )
         )
 
 

@@ -246,10 +246,23 @@ def load_torch_state(
             f"checkpoint ({fmt}) does not fit the model; pass partial=True to load anyway.\n"
             + report.summary()
         )
+    _require_some_loaded(report, len(wanted), f"checkpoint ({fmt})")
     for path, value in updates.items():
         variables[path].set_value(jnp.asarray(value, dtype=variables[path].dtype))
     nnx.update(model, params)
     return report
+
+
+def _require_some_loaded(report: LoadReport, wanted: int, what: str) -> None:
+    """A (partial) load that matched nothing is an error: the result would be a fresh init."""
+    if wanted and not report.loaded:
+        raise ValueError(
+            f"no parameter of the {what} matches the model: 0 of {wanted} loaded "
+            f"({len(report.missing)} missing, {len(report.mismatched)} mis-shaped, "
+            f"{len(report.unexpected)} unexpected keys). The result would be a pure random "
+            "initialisation; check the checkpoint format, the model variant and the objective.\n"
+            + report.summary()
+        )
 
 
 def export_torch_state(model: nnx.Module, *, fmt: str = "tyrion") -> dict[str, np.ndarray]:
@@ -405,6 +418,7 @@ def load_flat_dict(
     report.unexpected += sorted(set(renamed) - set(variables))
     if (report.missing or report.mismatched) and not partial:
         raise ValueError("parameters do not fit the model (partial=False):\n" + report.summary())
+    _require_some_loaded(report, len(variables), "parameter file")
     for key, value in updates.items():
         variables[key].set_value(jnp.asarray(value, dtype=variables[key].dtype))
     nnx.update(model, params)
@@ -474,7 +488,11 @@ def main(argv: list[str] | None = None) -> int:
     model = _build(args.variant, args.objective, args.seed, args.set)
     if args.command == "import":
         state = read_torch_checkpoint(args.input, trust_pickle=args.trust_pickle)
-        report = load_torch_state(model, state, fmt=args.format, partial=args.partial)
+        try:
+            report = load_torch_state(model, state, fmt=args.format, partial=args.partial)
+        except ValueError as err:
+            print(f"error: {args.input}: {err}", file=sys.stderr)
+            return 1
         save_params_npz(
             model,
             args.output,

@@ -30,8 +30,43 @@ from ssl4sar_jax.tasks.base import model_config_from
 from ssl4sar_jax.tasks.finetune import prepare_sources
 
 
+def check_segmenter_checkpoint(path: str, which: str) -> None:
+    """Refuse a checkpoint that is not a zone segmenter (e.g. a pretraining run's).
+
+    A pretraining model holds the segmenter under ``backbone/``, so its weights *load* into a
+    segmenter, but its decoder head was never trained for zones: scoring it would write
+    meaningless metrics. Workdir checkpoints say their task in their metadata; ``.npz`` files
+    of a pretraining model are recognised by their ``backbone/`` parameters.
+
+    Raises:
+        ValueError: naming the checkpoint, its task and objective.
+    """
+    path = os.path.expanduser(path)
+    if path.endswith(".npz"):
+        from ssl4sar_jax.models import convert_torch
+
+        flat, _ = convert_torch.read_params_npz(path)
+        if any(k.startswith("backbone/") for k in flat):
+            raise ValueError(
+                f"{path} holds the parameters of a pretraining model (backbone/...), not of a "
+                "fine-tuned segmenter; fine-tune it first (--config.init.mode=workdir)."
+            )
+        return
+    step_dir = checkpointing.resolve_step_dir(path, which)
+    meta = checkpointing.read_step_meta(step_dir)
+    objective = meta.get("objective")
+    if objective is not None and objective != "segment":
+        raise ValueError(
+            f"{step_dir} is a checkpoint of task {meta.get('task')!r} (objective "
+            f"{objective!r}), not a fine-tuned zone segmenter: its head never learned the "
+            "zones. Evaluate a fine-tuning workdir, or fine-tune from this one first with "
+            f"--config.init.mode=workdir --config.init.path={path}."
+        )
+
+
 def load_member(path: str, template: dict[str, Any], which: str) -> dict[str, Any]:
     """Parameters of one ensemble member as a pure dict shaped like ``template``."""
+    check_segmenter_checkpoint(path, which)  # also guards other callers (predict)
     path = os.path.expanduser(path)
     if path.endswith(".npz"):
         from ssl4sar_jax.models import convert_torch
@@ -55,6 +90,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     os.makedirs(workdir, exist_ok=True)
     model_config = model_config_from(config)
     context = model_config.img_size  # the network input is the context tile
+    for path in config.checkpoints:
+        check_segmenter_checkpoint(path, config.which)  # before any data or model work
     sources = prepare_sources(config, "caffe")
     if config.split not in sources:
         raise ValueError(f"config.split {config.split!r} not in the dataset: {sorted(sources)}")
