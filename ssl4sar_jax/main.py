@@ -88,6 +88,8 @@ def main(argv: list[str]) -> int:
                     last[key],
                     last["step"],
                 )
+    if history and jax.process_index() == 0:
+        _write_final_metrics(_WORKDIR.value, summary)
     logging.info(
         "Finished (%s) at step %d in %.1f s.",
         summary["stopped"],
@@ -95,6 +97,36 @@ def main(argv: list[str]) -> int:
         summary["wall_time_s"],
     )
     return 0
+
+
+def _write_final_metrics(workdir: str, summary: dict) -> None:
+    """Prints the last validation and writes it to ``<workdir>/final_metrics.json`` (atomically)."""
+    import json
+
+    last = summary["val_history"][-1]
+    final = {
+        "step": last["step"],
+        "wall_time_s": summary["wall_time_s"],
+        "best": summary["best"],
+        **{k: v for k, v in last.items() if k != "step"},
+    }
+    keys = (
+        "val/zones/iou_mean",
+        "val/zones/iou_glacier",
+        "val/front/mde_m",
+        "val/front/mde_px",
+        "val/front/missing_fronts",
+        "val/front/num_images",
+        "val/loss",
+    )
+    shown = ", ".join(f"{k.split('/')[-1]}={last[k]:.4g}" for k in keys if k in last)
+    logging.info("Final validation (step %d): %s", last["step"], shown)
+    print(f"Final validation (step {last['step']}): {shown}", flush=True)
+    path = os.path.join(workdir, "final_metrics.json")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(final, f, indent=2, default=float)
+    os.replace(tmp, path)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

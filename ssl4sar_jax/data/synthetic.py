@@ -39,10 +39,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import math
 import os
 import shutil
 import tempfile
+import types
 import zlib
 from pathlib import Path
 
@@ -277,34 +279,16 @@ def _granules(
     return ndimage.binary_dilation(seeds, structure=_disk(radius))
 
 
-def render_layers(
-    geo: GlacierGeometry,
-    shape: tuple[int, int],
-    date: datetime.date,
-    sensor: str,
-    rng: np.random.Generator,
-    *,
-    front_pos: float | None = None,
-    na_areas: bool = True,
-) -> SceneLayers:
-    """Renders one acquisition and returns all its layers (see `render_scene` for the arguments).
+@functools.lru_cache(maxsize=32)
+def _static_scene(geo: GlacierGeometry, hc: int, wc: int) -> types.SimpleNamespace:
+    """The parts of a glacier's scene that do not change between its images (canonical frame).
 
-    The scene is built in a canonical frame where the glacier flows "down" (increasing row) and
-    then rotated/transposed by the glacier's orientation. Static parts (fjord walls, terrain,
-    tributaries, flow stripes) come from the glacier's wall seed, so they are the same in every
-    image of a glacier; the front position, melange, crevasse state, look direction, speckle and
-    grey-value mapping vary per image.
+    Fjord walls, terrain, tributaries, rock outcrops, flow stripes, debris bands, icefalls and
+    the range slope of the terrain, all drawn from the glacier's wall seed. Cached per
+    (glacier, frame size), since a glacier's images share a few sizes; the arrays are read-only.
     """
-    h, w = shape
-    rotated = (geo.orientation % 2 == 1) != geo.transpose
-    hc, wc = (w, h) if rotated else (h, w)
     aspect = wc / hc
     yy, xx = np.meshgrid(np.linspace(0, 1, hc), np.linspace(0, 1, wc), indexing="ij")
-    season = season_of(geo.name, date.month) if geo.name in GLACIERS else _season_north(date)
-    winter = season == "winter"
-    px = 1.0 / max(hc, wc)  # one pixel in normalised units
-
-    # --- Static geometry (same in every image of the glacier) --------------------------------
     wall_rng = np.random.default_rng(geo.wall_seed)
     y1 = np.linspace(0, 1, hc)
     centre = geo.centre + geo.meander_amp * np.sin(
@@ -352,6 +336,67 @@ def render_layers(
     rock = land & (mountains > np.quantile(mountains[land], 1 - rock_share) if land.any() else land)
     ice = ~rock
 
+    psi = np.where(tributary & ~trunk, across_trib + 3.0 * along_trib, across_trunk)
+    psi = psi + 0.04 * _smooth_noise(wall_rng, (hc, wc), 3)
+    stripes = _stripe_profile(wall_rng, np.clip(psi, -1.9, 1.9) * 0.25, 60)
+    debris = np.clip(_stripe_profile(wall_rng, np.clip(psi, -1.9, 1.9) * 0.25, 25) - 0.9, 0, 1)
+    along = np.where(tributary & ~trunk, along_trib, yy)
+    icefall = _smooth_noise(wall_rng, (hc, wc), 5) > 1.1
+    facies = _smooth_noise(wall_rng, (hc, wc), 3)
+    range_slope = -np.gradient(height, axis=1) * wc * 0.02
+    slope_noise = 0.3 * ndimage.gaussian_filter(_fractal_noise(wall_rng, (hc, wc), 30, 2), 0.7)
+    out = types.SimpleNamespace(
+        yy=yy,
+        xx=xx,
+        trunk=trunk,
+        tributary=tributary,
+        across_trunk=across_trunk,
+        height=height,
+        ice=ice,
+        psi=psi,
+        stripes=stripes,
+        debris=debris,
+        along=along,
+        icefall=icefall,
+        facies=facies,
+        range_slope=range_slope,
+        slope_noise=slope_noise,
+    )
+    for value in vars(out).values():
+        value.setflags(write=False)
+    return out
+
+
+def render_layers(
+    geo: GlacierGeometry,
+    shape: tuple[int, int],
+    date: datetime.date,
+    sensor: str,
+    rng: np.random.Generator,
+    *,
+    front_pos: float | None = None,
+    na_areas: bool = True,
+) -> SceneLayers:
+    """Renders one acquisition and returns all its layers (see `render_scene` for the arguments).
+
+    The scene is built in a canonical frame where the glacier flows "down" (increasing row) and
+    then rotated/transposed by the glacier's orientation. Static parts (fjord walls, terrain,
+    tributaries, flow stripes) come from the glacier's wall seed, so they are the same in every
+    image of a glacier; the front position, melange, crevasse state, look direction, speckle and
+    grey-value mapping vary per image.
+    """
+    h, w = shape
+    rotated = (geo.orientation % 2 == 1) != geo.transpose
+    hc, wc = (w, h) if rotated else (h, w)
+    season = season_of(geo.name, date.month) if geo.name in GLACIERS else _season_north(date)
+    winter = season == "winter"
+    px = 1.0 / max(hc, wc)  # one pixel in normalised units
+
+    st = _static_scene(geo, hc, wc)
+    yy, trunk, ice, psi = st.yy, st.trunk, st.ice, st.psi
+    across_trunk, stripes, debris, along = st.across_trunk, st.stripes, st.debris, st.along
+    xx = st.xx
+
     # --- Calving front (moves with time) -----------------------------------------------------
     fpos = _front_position(geo, date, rng) if front_pos is None else front_pos
     x1 = np.linspace(0, 1, wc)
@@ -367,11 +412,6 @@ def render_layers(
     zones[ocean] = OCEAN
 
     # --- Glacier backscatter: flow stripes, crevasse fields, bright ice cliff ----------------
-    psi = np.where(tributary & ~trunk, across_trib + 3.0 * along_trib, across_trunk)
-    psi = psi + 0.04 * _smooth_noise(wall_rng, (hc, wc), 3)
-    stripes = _stripe_profile(wall_rng, np.clip(psi, -1.9, 1.9) * 0.25, 60)
-    debris = np.clip(_stripe_profile(wall_rng, np.clip(psi, -1.9, 1.9) * 0.25, 25) - 0.9, 0, 1)
-    along = np.where(tributary & ~trunk, along_trib, yy)
     ice_base = rng.normal(-8.0, 1.2) if winter else rng.normal(-12.5, 1.5)
     period = rng.uniform(4.0, 8.0) * px  # crevasse spacing
     chevron = 0.35 * np.abs(psi) ** 1.5 * np.sign(rng.uniform(-1, 1))
@@ -380,7 +420,7 @@ def render_layers(
     crevasse_field = (
         np.exp(-np.clip(-below, 0, None) / rng.uniform(0.06, 0.16))  # near the front
         + np.clip(np.abs(across_trunk) - 0.7, 0, None) * 3 * trunk  # shear margins
-        + (_smooth_noise(wall_rng, (hc, wc), 5) > 1.1)  # icefalls (static)
+        + st.icefall
     )
     crevasse_field = np.clip((crevasse_field - 0.3) * 2.5, 0, 1) * rng.uniform(0.6, 1.0)
     crevasse_db = crevasse_field * (6.0 * (wave > 0.55) - 4.0 * (wave < -0.75))
@@ -388,7 +428,7 @@ def render_layers(
         ice_base
         + rng.uniform(1.5, 3.0) * stripes
         + 1.0 * _fractal_noise(rng, (hc, wc), 6, octaves=3)
-        + rng.uniform(1.0, 3.0) * _smooth_noise(wall_rng, (hc, wc), 3)  # snow facies
+        + rng.uniform(1.0, 3.0) * st.facies
         + crevasse_db
         - 3.0 * debris
     )
@@ -398,8 +438,7 @@ def render_layers(
 
     # --- Rock: layover (slopes facing the sensor, bright) and radar shadow (facing away) ------
     look = 1.0 if rng.random() < 0.5 else -1.0  # sensor on the left (+1) or right (-1)
-    slope = -np.gradient(height, axis=1) * look / (1.0 / wc) * 0.02  # > 0: faces the sensor
-    slope = slope + 0.3 * ndimage.gaussian_filter(_fractal_noise(wall_rng, (hc, wc), 30, 2), 0.7)
+    slope = st.range_slope * look + st.slope_noise  # > 0: faces the sensor
     rock_db = -12.0 + 6.0 * np.tanh(1.5 * slope)
     rock_slopes = slope[zones == ROCK] if (zones == ROCK).any() else slope
     layover = slope > np.quantile(rock_slopes, rng.uniform(0.8, 0.9))
@@ -479,7 +518,7 @@ def render_layers(
     sar[na] = 0
 
     # Sun hill-shading (for the optical bands; the sun is low in the south-west, arbitrary).
-    gy, gx = np.gradient(height)
+    gy, gx = np.gradient(st.height)
     shade = np.clip(0.5 + 40.0 * (0.6 * gx - 0.8 * gy) / max(hc, wc) * 10, 0, 1)
     shade = np.where(zones == OCEAN, 0.5, shade)
     layers = [sar, zones, cover.astype(np.float32), shade.astype(np.float32)]

@@ -84,6 +84,29 @@ def _is_prepared(name: str, config_name: str, data_dir: str) -> bool:
         return False
 
 
+def front_error_in_pixels(per_image: list[dict]) -> dict[str, float]:
+    """The pooled MDE in pixels (each distance divided by its image's spacing) and mean spacing.
+
+    Args:
+        per_image: ``EvaluationResult.per_image`` rows (``front_sum_m``, ``front_count``,
+            ``resolution_m``, ``has_front``).
+
+    Returns:
+        ``{"val/front/mde_px", "val/front/mean_spacing_m"}``; the MDE is NaN without a front.
+    """
+    total = count = 0.0
+    spacings = []
+    for row in per_image:
+        spacings.append(float(row["resolution_m"]))
+        if row.get("has_front"):
+            total += row["front_sum_m"] / float(row["resolution_m"])
+            count += row["front_count"]
+    return {
+        "val/front/mde_px": total / count if count else math.nan,
+        "val/front/mean_spacing_m": float(sum(spacings) / len(spacings)) if spacings else math.nan,
+    }
+
+
 class FinetuneTask(base.Task):
     """Zone segmentation on CaFFe context/centre patches."""
 
@@ -164,6 +187,7 @@ class FinetuneTask(base.Task):
             verbose=False,
         )
         metrics = {f"val/{k}": float(v) for k, v in result.metrics.items()}
+        metrics.update(front_error_in_pixels(result.per_image))
         mde = metrics.get("val/front/mde_m", math.nan)
         if not math.isfinite(mde):
             logging.info("val MDE undefined (no predicted front); logged as %s", UNDEFINED_MDE)
