@@ -34,8 +34,14 @@ def _sampler_kwargs(cls, values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
-def prepare_sources(config, dataset_name: str) -> dict[str, Any]:
+def prepare_sources(config, dataset_name: str, splits=None) -> dict[str, Any]:
     """Open the TFDS dataset of ``config.data``; build it first if allowed (synthetic data).
+
+    Args:
+        config: the run config (``config.data``).
+        dataset_name: ``"caffe"`` or ``"ssl4sar"``.
+        splits: split names or TFDS split expressions to open (e.g. ``"train[:10]"`` for the
+            first 10 training images); None opens every split.
 
     Raises:
         FileNotFoundError: with the command to run, when the dataset is not prepared.
@@ -44,6 +50,8 @@ def prepare_sources(config, dataset_name: str) -> dict[str, Any]:
 
     data_dir = base.data_dir_of(config)
     kwargs = dict(config=config.data.config, data_dir=data_dir)
+    if splits is not None:
+        kwargs["splits"] = list(dict.fromkeys(splits))
     manual_dir = config.data.get("manual_dir") or ""
     if manual_dir:
         kwargs["manual_dir"] = os.path.expanduser(manual_dir)
@@ -150,7 +158,8 @@ class FinetuneTask(base.Task):
         }
 
     def prepare_data(self):
-        return prepare_sources(self.config, "caffe")
+        data = self.config.data
+        return prepare_sources(self.config, "caffe", splits=(data.train_split, data.val_split))
 
     def train_iterator(self, sources, seed) -> Iterator[dict]:
         from ssl4sar_jax import data
