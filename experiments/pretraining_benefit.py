@@ -96,14 +96,12 @@ def plan(args) -> dict[str, Any]:
             finetune_variant="smoke",
             pretrain={
                 "model": micro,
-                "data.sampler.crop_size": 32,
                 "total_steps": 2,
                 "val.every_steps": 2,
                 "checkpoint.every_steps": 2,
             },
             finetune={
                 "model": micro,
-                "data.sampler.context_size": 32,
                 "data.sampler.centre_size": 16,
                 "total_steps": 2,
                 "val.max_images": 2,
@@ -118,7 +116,6 @@ def plan(args) -> dict[str, Any]:
         finetune_variant="demo",
         pretrain={
             "model": model,
-            "data.sampler.crop_size": args.context,
             "total_steps": args.pretrain_steps,
             "val.every_steps": args.pretrain_steps,
             "checkpoint.every_steps": args.pretrain_steps,
@@ -126,7 +123,6 @@ def plan(args) -> dict[str, Any]:
         },
         finetune={
             "model": model,
-            "data.sampler.context_size": args.context,
             "data.sampler.centre_size": args.context // 2,
             "total_steps": args.finetune_steps,
             "optim.warmup_steps": max(1, args.finetune_steps // 10),

@@ -161,7 +161,6 @@ def run(args) -> dict:
     config = load_config("finetune", "demo")
     over = {
         "model": ModelConfig.named(args.model, img_size=args.context).to_dict(),
-        "data.sampler.context_size": args.context,
         "data.sampler.centre_size": args.centre,
         "total_steps": args.steps,
         "optim.warmup_steps": max(1, args.steps // 10),
