@@ -285,6 +285,13 @@ def main(argv: list[str] | None = None) -> dict:
         import jax
 
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        # Every arm and seed runs the same programs: compile them once (persistent cache).
+        cache = Path(args.workdir).expanduser().resolve() / "jax_cache"
+        jax.config.update("jax_compilation_cache_dir", str(cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     t0 = time.perf_counter()
     results = run_all(args)
     results["args"] = vars(args)

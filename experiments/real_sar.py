@@ -182,6 +182,13 @@ def run(args) -> dict:
     done = workdir / "train_summary.json"
     if done.is_file():
         summary = json.loads(done.read_text())
+    elif args.report_only:
+        # A run that was stopped: its validations so far (metrics.jsonl) and checkpoints.
+        history = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
+        history = [h for h in history if "val/zones/iou_mean" in h]
+        if not history:
+            raise SystemExit(f"{workdir}: no validation in metrics.jsonl to report")
+        summary = {"final_step": history[-1]["step"], "val_history": history}
     else:
         summary = train_lib.train_and_evaluate(config, str(workdir))
         summary = {k: summary[k] for k in ("final_step", "wall_time_s", "val_history")}
@@ -202,6 +209,8 @@ def run(args) -> dict:
         "missing_fronts": int(last["val/front/missing_fronts"]),
         "num_images": int(last["val/front/num_images"]),
     }
+    if args.overlays:
+        write_test_overlays(config, workdir, test[:: max(1, len(test) // args.overlays)])
     report = dict(
         args=vars(args),
         config_overrides={k: v for k, v in over.items() if k != "model"},
@@ -217,6 +226,45 @@ def run(args) -> dict:
         tmp.write_text(text)
         os.replace(tmp, workdir / name)
     return report
+
+
+def write_test_overlays(config, workdir: Path, records: list[dict]) -> None:
+    """Predicts `records` with the run's latest checkpoint; overlays into ``workdir/test/``."""
+    import jax
+    from flax import nnx
+
+    from ssl4sar_jax import checkpointing, steps
+    from ssl4sar_jax import sharding as sharding_lib
+    from ssl4sar_jax.evaluation import evaluate_records
+    from ssl4sar_jax.models import ModelConfig, build_model
+
+    model = build_model(ModelConfig.from_dict(config.model.to_dict()), seed=0, objective="segment")
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    template = jax.device_get(nnx.to_pure_dict(params))
+    flat = checkpointing.read_params(str(workdir), which="latest")
+    params, _ = checkpointing.transfer_params(template, flat, source_name=str(workdir))
+    mesh = sharding_lib.make_mesh([tuple(a) for a in config.mesh])
+    repl, batch_sh = sharding_lib.replicated(mesh), sharding_lib.batch_sharding(mesh)
+    predict_jit = jax.jit(
+        steps.make_predict_fn(graphdef), in_shardings=(repl, repl, batch_sh), out_shardings=batch_sh
+    )
+    predict = steps.numpy_predictor(
+        predict_jit, jax.device_put(params, repl), jax.device_put(nnx.to_pure_dict(rest), repl),
+        mesh, 16,
+    )  # fmt: skip
+    centre = int(config.data.sampler.centre_size)
+    evaluate_records(
+        predict,
+        records,
+        context=int(config.model.img_size),
+        centre=centre,
+        stride=centre,
+        batch_size=16,
+        out_dir=str(workdir / "test"),
+        allow_empty_true_front=True,
+        num_records=len(records),
+        verbose=False,
+    )
 
 
 def _markdown(rows: dict, args) -> str:
@@ -246,6 +294,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], help="config override key=value")
     p.add_argument("--cpu-devices", type=int, default=2)
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="no training: report a stopped run's last validation from its metrics.jsonl",
+    )
+    p.add_argument("--overlays", type=int, default=0, help="test overlays of the last checkpoint")
     args = p.parse_args(argv)
     if not Path(args.data_raw).is_dir():
         p.error(f"--data-raw {args.data_raw!r} is not a folder")
