@@ -71,7 +71,6 @@ def read_records(data_raw: Path, split: str, pixel_spacing: float) -> list[dict]
             raise ValueError(f"{zones_path}: values outside {{0, 64, 127, 254}}")
         front = caffe_files.read_gray_png(front_path.read_bytes(), str(front_path)) > 0
         bbox = caffe_files.parse_bbox(bbox_path.read_text(), str(bbox_path))
-        res = pixel_spacing if pixel_spacing > 0 else name.resolution_m
         records.append(
             dict(
                 sar=sar[..., None],
@@ -81,13 +80,15 @@ def read_records(data_raw: Path, split: str, pixel_spacing: float) -> list[dict]
                 glacier=name.glacier,
                 date=name.date,
                 sensor=name.sensor,
-                resolution_m=np.int32(round(res)),
+                resolution_m=np.int32(name.resolution_m),
                 quality_factor=np.int32(name.quality_factor),
                 orbit=name.orbit,
                 stem=stem,
                 season=name.season,
             )
         )
+        if pixel_spacing > 0:  # the effective spacing of a resized image (not the name's)
+            records[-1]["pixel_spacing_m"] = np.float32(pixel_spacing)
     return records
 
 
@@ -105,16 +106,14 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def _pixel_row(metrics: dict, per_image: list[dict]) -> dict:
-    from ssl4sar_jax.tasks.finetune import front_error_in_pixels
-
-    px = front_error_in_pixels(per_image)
+    del per_image  # the pooled pixel MDE is in the metrics (front/mde_px)
     return {
         "iou_na": metrics["zones/iou_na"],
         "iou_rock": metrics["zones/iou_rock"],
         "iou_glacier": metrics["zones/iou_glacier"],
         "iou_ocean": metrics["zones/iou_ocean"],
         "iou_mean": metrics["zones/iou_mean"],
-        "mde_px": px["val/front/mde_px"],
+        "mde_px": metrics["front/mde_px"],
         "mde_m": metrics["front/mde_m"],
         "missing_fronts": int(metrics["front/missing_fronts"]),
         "num_images": int(metrics["front/num_images"]),

@@ -1,27 +1,26 @@
 """Offline synthetic CaFFe and SSL4SAR data, written to disk in the real layouts.
 
-The generators render glacier scenes procedurally (numpy + scipy, deterministic from a seed):
+The generators render glacier scenes procedurally (numpy + scipy, deterministic from a seed)
+with the cues of real CaFFe SAR scenes (`render_scene` / `render_layers`; measured against real
+images by ``experiments/synthetic_vs_real.py``, docs/data.md):
 
-* a glacier tongue flowing down a meandering fjord between irregular rock walls, fed by an ice
-  field with nunataks;
+* a glacier trunk down a meandering fjord, tributaries, rock outcrops rising out of the ice;
+  flow-parallel stripes, debris bands, crevasse fields and a bright ice cliff along the front;
 * an irregular calving front whose position moves with time (trend + seasonal cycle);
-* ice melange (class "ocean") near the front, denser in winter; open ocean whose brightness
-  depends on wind (sometimes as bright as the glacier, so intensity alone does not separate
-  classes);
-* NA areas with SAR value 0: radar shadow behind rock walls and straight swath edges;
-* backscatter in dB per surface with texture (crevasses, terrain), seasons changing contrast
-  (wet snow darkens the glacier in summer), multiplicative gamma speckle with few looks applied to
-  the linear intensity, then quantised in log scale per sensor;
-* the real mix of sensors and pixel spacings per glacier (reference §1.6), scaled-down sizes.
+* rock with bright layover and dark radar shadow from the terrain slope and the look direction;
+* open water by wind, granular ice melange and icebergs near the front (class "ocean");
+* NA exactly 0 (deepest shadow, swath edges); gamma speckle, amplitude-linear grey values;
+* the real mix of sensors and pixel spacings per glacier (the CaFFe archive's counts),
+  scaled-down sizes; co-registered Sentinel-2 bands for SSL4SAR.
 
-CaFFe output (reference §1.2, exact layout and file-name grammar)::
+CaFFe output (the archive's exact layout and file-name grammar)::
 
     <root>/data_raw/sar_images/{train,test}/<stem>.png
     <root>/data_raw/zones/{train,test}/<stem>_zones.png
     <root>/data_raw/fronts/{train,test}/<stem>_front.png
     <root>/data_raw/bounding_boxes/<stem>_front_extent_coord.txt
 
-SSL4SAR output (the layout the `ssl4sar` builder reads; reference §2.2)::
+SSL4SAR output (the layout the `ssl4sar` builder reads)::
 
     <root>/unlabeled_data_raw_train/<S1A|S1B>_<Glacier>_<YYYY-MM-DD>_<orbit>.png
     <root>/unlabeled_data_raw_val/...
@@ -88,12 +87,12 @@ SENSOR_LOOKS: dict[str, float] = {
     "TDX": 1.5,
     "S1": 4.0,
 }
-# Quality-factor frequencies 1..6 of the real data (reference §1.6).
+# Quality-factor frequencies 1..6 of the real CaFFe archive.
 QUALITY_WEIGHTS = np.array([334, 141, 111, 54, 36, 5], dtype=np.float64)
 
 
 def sensor_resolution(glacier: str, sensor: str, rng: np.random.Generator) -> int:
-    """Pixel spacing (m) per sensor, consistent with the real per-resolution counts (§1.6)."""
+    """Pixel spacing (m) per sensor, consistent with the real per-resolution counts."""
     if sensor in ("TSX", "TDX"):
         return 6 if glacier == "JAC" else 7
     if sensor == "PALSAR":
@@ -588,7 +587,7 @@ def front_line(zones: np.ndarray) -> np.ndarray:
 def front_bbox(front: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Box around the front in file order (lu, ll, rl, ru) as float32 [4, 2] of (x, y).
 
-    "Upper" y is the larger row index (reference §1.7), so the kept window is rows
+    "Upper" y is the larger row index (CaFFe's box convention), so the kept window is rows
     ``[rl_y, lu_y)`` x cols ``[lu_x, rl_x)``.
     """
     h, w = front.shape

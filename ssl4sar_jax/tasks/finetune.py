@@ -9,7 +9,6 @@ scored by ``ssl4sar_jax.evaluation`` — val MDE (model selection, lower is bett
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,85 +24,18 @@ from ssl4sar_jax.tasks import base
 UNDEFINED_MDE = metrics_lib.MDE_UNDEFINED
 
 
-def prepare_sources(config, dataset_name: str, splits=None) -> dict[str, Any]:
-    """Open the TFDS dataset of ``config.data``; build it first if allowed (synthetic data).
+def prepare_sources(config, dataset_name: str | None = None, splits=None) -> dict[str, Any]:
+    """``{split: source}`` of ``config.data`` (see ``ssl4sar_jax.data.open_sources``).
 
-    Args:
-        config: the run config (``config.data``).
-        dataset_name: ``"caffe"`` or ``"ssl4sar"``.
-        splits: split names or TFDS split expressions to open (e.g. ``"train[:10]"`` for the
-            first 10 training images); None opens every split.
-
-    Raises:
-        FileNotFoundError: with the command to run, when the dataset is not prepared.
+    ``dataset_name`` is the task's dataset when the config names none (``config.data.name``);
+    ``splits`` are split names or TFDS split expressions to open (e.g. ``"train[:10]"`` for the
+    first 10 training images; None opens every split).
     """
     from ssl4sar_jax import data
 
-    data_dir = base.data_dir_of(config)
-    kwargs = dict(config=config.data.config, data_dir=data_dir)
-    if splits is not None:
-        kwargs["splits"] = list(dict.fromkeys(splits))
-    manual_dir = config.data.get("manual_dir") or ""
-    if manual_dir:
-        kwargs["manual_dir"] = os.path.expanduser(manual_dir)
-    prepared = _is_prepared(dataset_name, config.data.config, data_dir)
-    if not prepared and config.data.config != "synthetic":
-        if not config.data.get("prepare", True):
-            raise FileNotFoundError(
-                f"Dataset {dataset_name}/{config.data.config} is not prepared in {data_dir}. "
-                "Prepare it (docs/data.md) or run with --config.data.prepare=True."
-            )
-        if manual_dir and not os.path.isdir(kwargs["manual_dir"]):
-            raise FileNotFoundError(
-                f"Dataset {dataset_name}/{config.data.config} is not prepared in {data_dir} and "
-                f"config.data.manual_dir={manual_dir!r} does not exist. Point "
-                "--config.data.manual_dir at the folder with the downloaded archive "
-                "(docs/data.md), or use --config.data.config=synthetic for a demo."
-            )
-    try:
-        return data.prepare(dataset_name, **kwargs)
-    except Exception as err:  # the data layer's own message says what is wrong
-        raise FileNotFoundError(
-            f"Could not open or prepare {dataset_name}/{config.data.config} in {data_dir}: {err}. "
-            "For the real datasets set --config.data.manual_dir to the folder with the "
-            "downloaded archive (docs/data.md); for a demo use config 'synthetic'."
-        ) from err
-
-
-def _is_prepared(name: str, config_name: str, data_dir: str) -> bool:
-    """Whether TFDS already holds the prepared dataset (no build, no download)."""
-    try:
-        import tensorflow_datasets as tfds
-
-        import ssl4sar_jax  # noqa: F401  (registers the builders)
-
-        builder = tfds.builder(name, config=config_name, data_dir=data_dir)
-        return bool(builder.is_prepared())
-    except Exception:  # unknown config etc.: let data.prepare report it
-        return False
-
-
-def front_error_in_pixels(per_image: list[dict]) -> dict[str, float]:
-    """The pooled MDE in pixels (each distance divided by its image's spacing) and mean spacing.
-
-    Args:
-        per_image: ``EvaluationResult.per_image`` rows (``front_sum_m``, ``front_count``,
-            ``resolution_m``, ``has_front``).
-
-    Returns:
-        ``{"val/front/mde_px", "val/front/mean_spacing_m"}``; the MDE is NaN without a front.
-    """
-    total = count = 0.0
-    spacings = []
-    for row in per_image:
-        spacings.append(float(row["resolution_m"]))
-        if row.get("has_front"):
-            total += row["front_sum_m"] / float(row["resolution_m"])
-            count += row["front_count"]
-    return {
-        "val/front/mde_px": total / count if count else math.nan,
-        "val/front/mean_spacing_m": float(sum(spacings) / len(spacings)) if spacings else math.nan,
-    }
+    data_cfg = config.data.to_dict()
+    data_cfg.setdefault("name", dataset_name)
+    return data.open_sources(data_cfg, splits=splits)
 
 
 class FinetuneTask(base.Task):
@@ -164,7 +96,8 @@ class FinetuneTask(base.Task):
                 self.context,
             )
         )
-        return data.make_finetune_iterator(
+        return data.make_iterator(
+            {"name": "caffe", **self.config.data.to_dict()},
             sources[self.config.data.train_split],
             global_batch_size=self.config.batch_size,
             seed=seed,
@@ -193,7 +126,6 @@ class FinetuneTask(base.Task):
             verbose=False,
         )
         metrics = {f"val/{k}": float(v) for k, v in result.metrics.items()}
-        metrics.update(front_error_in_pixels(result.per_image))
         mde = metrics.get("val/front/mde_m", math.nan)
         if not math.isfinite(mde):
             logging.info("val MDE undefined (no predicted front); logged as %s", UNDEFINED_MDE)
