@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
-from train_helpers import run_main
+from train_helpers import REPO, run_main
 
 
 def test_unknown_config_key_fails_clearly(tmp_path):
@@ -136,7 +138,7 @@ def test_exit_codes_locked_workdir_75_and_preempted_42(tmp_path, data_dir, compi
                 break
             time.sleep(0.5)
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        second = _run_main(args, env_extra={"JAX_COMPILATION_CACHE_DIR": compilation_cache})
+        second = run_main(args, env_extra={"JAX_COMPILATION_CACHE_DIR": compilation_cache})
         assert second.returncode == 75, second.stderr[-3000:]
         assert f"PID {first.pid}" in second.stderr and "in use by another run" in second.stderr
         first.send_signal(signal.SIGTERM)
