@@ -6,8 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-from test_train_utils import compilation_cache, data_dir  # noqa: F401  (fixtures)
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import pretraining_benefit  # noqa: E402
