@@ -40,7 +40,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from ssl4sar_jax import sharding as sharding_lib
+from ssl4sar_jax.param_utils import LoadReport, flatten_params, path_to_str
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best_checkpoint"
@@ -48,14 +48,6 @@ BEST_DIR = "best_checkpoint"
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the model/task of the current config."""
-
-
-def flatten_params(tree: Any) -> dict[str, Any]:
-    """``{"a/b/kernel": leaf}`` for every leaf of a nested (pure-dict) parameter tree."""
-    flat = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        flat[sharding_lib.path_to_str(path)] = leaf
-    return flat
 
 
 def param_shapes(params: Any) -> dict[str, list[int]]:
@@ -788,7 +780,7 @@ def transfer_params(
     strip_prefixes: Sequence[str] = ("backbone/",),
     allow_missing: Sequence[str] = (),
     source_name: str = "checkpoint",
-) -> tuple[Any, dict[str, list[str]]]:
+) -> tuple[Any, LoadReport]:
     """Copy matching parameters from a flat ``source`` into the ``target`` tree by path.
 
     Args:
@@ -801,7 +793,8 @@ def transfer_params(
         source_name: Used in messages.
 
     Returns:
-        ``(new_target, report)`` with ``report = {"loaded", "missing", "unexpected"}`` path lists.
+        ``(new_target, report)``: a `LoadReport` with the ``loaded``, ``missing`` and
+        ``unexpected`` path lists (the same type the PyTorch converter returns).
 
     Raises:
         ValueError: on shape mismatches, or on missing keys not covered by ``allow_missing``.
@@ -817,7 +810,7 @@ def transfer_params(
     loaded, missing, mismatched = [], [], []
 
     def pick(path, leaf):
-        name = sharding_lib.path_to_str(path)
+        name = path_to_str(path)
         if name not in renamed:
             missing.append(name)
             return leaf
@@ -845,7 +838,12 @@ def transfer_params(
             "architecture (same config.model), or list the paths that may stay freshly "
             "initialised in config.init.allow_missing (regexes)."
         )
-    report = {"loaded": loaded, "missing": sorted(missing), "unexpected": unexpected}
+    report = LoadReport(
+        loaded=loaded,
+        missing=sorted(missing),
+        unexpected=unexpected,
+        num_loaded_values=sum(int(np.size(renamed[k])) for k in loaded),
+    )
     logging.info(
         "Initialised %d/%d parameter arrays from %s; %d missing (fresh init), %d unused.",
         len(loaded),

@@ -112,6 +112,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _log_summary(summary: dict) -> None:
     """First -> last validation metrics and how the run ended."""
+    import jax
+
     history = summary["val_history"]
     if history:
         first, last = history[0], history[-1]
@@ -125,12 +127,44 @@ def _log_summary(summary: dict) -> None:
                     last[key],
                     last["step"],
                 )
+    if history and jax.process_index() == 0:
+        _write_final_metrics(_WORKDIR.value, summary)
     logging.info(
         "Finished (%s) at step %d in %.1f s.",
         summary["stopped"],
         summary["final_step"],
         summary["wall_time_s"],
     )
+
+
+def _write_final_metrics(workdir: str, summary: dict) -> None:
+    """Prints the last validation and writes it to ``<workdir>/final_metrics.json`` (atomically)."""
+    import json
+
+    last = summary["val_history"][-1]
+    final = {
+        "step": last["step"],
+        "wall_time_s": summary["wall_time_s"],
+        "best": summary["best"],
+        **{k: v for k, v in last.items() if k != "step"},
+    }
+    keys = (
+        "val/zones/iou_mean",
+        "val/zones/iou_glacier",
+        "val/front/mde_m",
+        "val/front/mde_px",
+        "val/front/missing_fronts",
+        "val/front/num_images",
+        "val/loss",
+    )
+    shown = ", ".join(f"{k.split('/')[-1]}={last[k]:.4g}" for k in keys if k in last)
+    logging.info("Final validation (step %d): %s", last["step"], shown)
+    print(f"Final validation (step {last['step']}): {shown}", flush=True)
+    path = os.path.join(workdir, "final_metrics.json")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(final, f, indent=2, default=float)
+    os.replace(tmp, path)
 
 
 def run() -> None:

@@ -29,7 +29,6 @@ The only state that changes while training is one `LoopState`; the task says wha
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -43,10 +42,9 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from flax import nnx
 from jax.experimental import multihost_utils
 
-from ssl4sar_jax import checkpointing, health, metrics_lib, optim, steps
+from ssl4sar_jax import checkpointing, health, io_utils, metrics_lib, optim, param_utils, steps
 from ssl4sar_jax import sharding as sharding_lib
 from ssl4sar_jax import workdir as workdir_lib
 from ssl4sar_jax.tasks import base as task_base
@@ -66,7 +64,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns:
         Summary dict: ``final_step``, ``first_step``, ``train_metrics`` (last logged),
         ``val_history`` (list of validation dicts), ``best`` (value), ``stopped`` (reason),
-        ``wall_time_s``, ``param_count``, ``init_report`` (when initialised from a checkpoint),
+        ``wall_time_s``, ``param_count``, ``init_report`` (`LoadReport.to_dict()`, when initialised),
         ``curves_png``.
 
     Raises:
@@ -197,7 +195,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         "stopped": loop.stopped,
         "wall_time_s": wall,
         "param_count": setup.param_count,
-        "init_report": setup.init_report,
+        "init_report": setup.init_report and setup.init_report.to_dict(),
         "curves_png": curves,
     }
 
@@ -250,14 +248,6 @@ def make_plateau(
     )
 
 
-def write_json_atomic(path: str, payload: Mapping[str, Any]) -> None:
-    """Writes ``payload`` as JSON to a temporary file, then renames it over ``path``."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
-
-
 def write_run_files(config, task, mesh, workdir: str, setup: StateSetup) -> None:
     """``config.json`` and ``run_info.json`` (parameter count, mesh, init report) in the workdir."""
     logging.info("Model has %s parameters", f"{setup.param_count:,}")
@@ -282,10 +272,14 @@ def write_run_files(config, task, mesh, workdir: str, setup: StateSetup) -> None
     }
     report = setup.init_report
     if report is not None:
-        info["init_report"] = {k: len(v) for k, v in report.items()}
-        info["init_missing"] = report["missing"]
-        info["init_unexpected"] = report["unexpected"]
-    write_json_atomic(os.path.join(workdir, "run_info.json"), info)
+        info["init_report"] = {
+            k: len(v) for k, v in report.to_dict().items() if isinstance(v, list)
+        }
+        info["init_missing"] = report.missing + report.left_out
+        info["init_unexpected"] = report.unexpected + [k for k, _ in report.skipped]
+    io_utils.write_json_atomic(
+        os.path.join(workdir, "run_info.json"), info, sort_keys=True, default=str
+    )
 
 
 # ---------------------------------------------------------------------------- state
@@ -303,7 +297,7 @@ class StateSetup:
     param_count: int
     first_step: int
     best: float | None = None
-    init_report: dict[str, list[str]] | None = None
+    init_report: param_utils.LoadReport | None = None
     resumed_from: int | None = None
     resume_meta: dict[str, Any] | None = None  # the metadata of the restored checkpoint
     config_changes: list[Any] = dataclasses.field(default_factory=list)
@@ -421,17 +415,13 @@ def _init_from_torch(config, task, host_params, mode):
             "--config.init.partial=True to load the matching part only."
         ) from err
     logging.info("Weights from %s (%s):\n%s", path, fmt, report.summary())
-    loaded = checkpointing.flatten_params(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    loaded = param_utils.model_params(model)
     # The model was built with the run's seed, so parameters outside the import scope equal
     # the fresh initialisation of the train state.
     new_params, _ = checkpointing.transfer_params(
         host_params, loaded, strip_prefixes=(), source_name=path
     )
-    return new_params, {
-        "loaded": list(report.loaded),
-        "missing": list(report.missing) + list(report.left_out),
-        "unexpected": list(report.unexpected) + [k for k, _ in report.skipped],
-    }
+    return new_params, report
 
 
 # ---------------------------------------------------------------------------- compiled steps

@@ -8,25 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from test_train_utils import REPO, compilation_cache, data_dir  # noqa: F401
-
-
-def _run_main(args, env_extra=None, timeout=600):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, "-m", "ssl4sar_jax.main", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from train_helpers import REPO, run_main
 
 
 def test_unknown_config_key_fails_clearly(tmp_path):
-    result = _run_main(
+    result = run_main(
         [
             "--config",
             "configs/finetune.py:smoke",
@@ -40,9 +26,9 @@ def test_unknown_config_key_fails_clearly(tmp_path):
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
-def test_main_finetune_smoke_with_validation_mde(tmp_path, data_dir, compilation_cache):  # noqa: F811
+def test_main_finetune_smoke_with_validation_mde(tmp_path, data_dir, compilation_cache):
     workdir = tmp_path / "ft"
-    result = _run_main(
+    result = run_main(
         [
             "--config",
             "configs/finetune.py:smoke",
@@ -78,8 +64,8 @@ def test_main_finetune_smoke_with_validation_mde(tmp_path, data_dir, compilation
     assert (workdir / "best_checkpoint").is_dir() and (workdir / "curves.png").exists()
 
 
-def test_evaluate_task_scores_a_finetuned_workdir(tmp_path, data_dir, compilation_cache):  # noqa: F811
-    from test_train_utils import load_config, micro_config, model_dict
+def test_evaluate_task_scores_a_finetuned_workdir(tmp_path, data_dir, compilation_cache):
+    from train_helpers import load_config, micro_config, model_dict
 
     from ssl4sar_jax import train_lib
     from ssl4sar_jax.tasks.evaluate import evaluate
@@ -152,7 +138,7 @@ def test_exit_codes_locked_workdir_75_and_preempted_42(tmp_path, data_dir, compi
                 break
             time.sleep(0.5)
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        second = _run_main(args, env_extra={"JAX_COMPILATION_CACHE_DIR": compilation_cache})
+        second = run_main(args, env_extra={"JAX_COMPILATION_CACHE_DIR": compilation_cache})
         assert second.returncode == 75, second.stderr[-3000:]
         assert f"PID {first.pid}" in second.stderr and "in use by another run" in second.stderr
         first.send_signal(signal.SIGTERM)

@@ -13,7 +13,6 @@ checkpoint step directory, or an ``.npz`` written by ``ssl4sar_jax.models.conver
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -24,7 +23,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from ssl4sar_jax import checkpointing, steps
+from ssl4sar_jax import checkpointing, io_utils, steps
 from ssl4sar_jax import sharding as sharding_lib
 from ssl4sar_jax.models import build_model
 from ssl4sar_jax.tasks.base import model_config_from
@@ -151,10 +150,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
         "num_images": count,
         "seconds": time.perf_counter() - t0,
     }
-    tmp = os.path.join(workdir, "evaluate_info.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, "evaluate_info.json"))
+    io_utils.write_json_atomic(os.path.join(workdir, "evaluate_info.json"), info)
     logging.info(
         "%s: MDE %.1f m, IoU %.3f over %d images (%.1f s)",
         config.split,
