@@ -163,7 +163,8 @@ def compare_torch(args: argparse.Namespace) -> dict[str, object]:
     def run_dtype(dtype: str) -> int:
         """Times forward / train of one compute dtype; appends to rows and results."""
         config = ModelConfig.named(args.variant, dtype=dtype, conv_impl=args.conv_impl)
-        model = SSL4SARSegmenter(config, rngs=nnx.Rngs(0))
+        # One jitted init (one compilation) instead of one per parameter shape eagerly.
+        model = nnx.jit(lambda: SSL4SARSegmenter(config, rngs=nnx.Rngs(0)))()
         twin = torch_segmenter_from_jax(model)
         graphdef, params = nnx.split(model)
         params = jax.device_put(params, replicated)
