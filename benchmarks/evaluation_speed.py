@@ -1,9 +1,10 @@
 """Speed of the evaluation of a whole CaFFe test split from saved predictions (no model).
 
 122 synthetic images with the test split's composition (COL: 18 S1 + 47 TDX; Mapple: 10 ENVISAT,
-2 ERS, 8 PALSAR, 15 S1, 22 TSX; ``data_and_evaluation.md`` §1.6) and per-glacier image sizes that
+2 ERS, 8 PALSAR, 15 S1, 22 TSX; Gourmelon et al. 2022, ESSD) and per-glacier image sizes that
 scale with the pixel spacing (the extent of a glacier scene is fixed in metres). The sizes are
-assumptions within the reported range (heights 405-3,561, widths 382-4,476; §1.4): the largest
+assumptions within the range of the CaFFe images (heights 405-3,561, widths 382-4,476 pixels):
+the largest
 (3561 x 4476) is used for COL at 7 m. Content: a wavy glacier/ocean boundary with rock, an NA
 strip, icebergs and lakes; the "prediction" is the label with a shifted boundary and extra blobs,
 so hole filling, component selection, length filtering and the box all do work.

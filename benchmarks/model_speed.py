@@ -9,7 +9,8 @@ Measures, in one process:
    dropout on,
 
 and prints a Markdown table with images/s and achieved GFLOP/s. The paper configuration
-costs 163.0 GFLOPs per forward at 512 x 512 (matmul + conv, model_and_training.md §1.9) and
+costs 163.0 GFLOPs per forward at 512 x 512 (matmul + conv, counted with
+``torch.utils.flop_counter`` on the TYRION model, 2 FLOPs per multiply-add) and
 about 3x that per train step; XLA's own count (``cost_analysis``) is shown next to it.
 
 ``--devices N`` simulates N host devices (``JAX_NUM_CPU_DEVICES``) and shards the batch over
@@ -37,7 +38,6 @@ together with the CPU model and ISA flags (AVX-512, AMX, ...)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -488,10 +488,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_json(path: str | None, results: dict[str, object]) -> None:
     if path:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(tmp, path)
+        io_utils.write_json_atomic(path, results, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-r"""Self-supervised pretraining on Sentinel-1 SAR + Sentinel-2 optical pairs (`model_and_training.md` §4).
+r"""Self-supervised pretraining on Sentinel-1 SAR + Sentinel-2 optical pairs (OptSimMIM / OptTranslator of
+Gourmelon et al. 2025, TGRS; recipes of Nora-Go/TYRION ``Config/model/OptSimMIM.yaml`` and
+``Config/model/OptTranslator.yaml``).
 
 Variants (``--config configs/pretrain.py:<variant>``):
 
@@ -67,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     kind, objective = _split_variant(variant)
     entry = objectives.get_objective(objective)
     c = common.base("pretrain", f"pretrain_{variant}", objective=objective)
-    c.data = common.dataset(_sampler())
+    c.data = common.dataset("ssl4sar", _sampler())
     c.optim = common.sgd(learning_rate=1e-3, plateau=True)
     # One reference epoch (76,496 samples) = 2,391 steps between validations; 1000 epochs
     # (the reference stops at its 24 h wall clock).

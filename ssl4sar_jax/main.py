@@ -9,6 +9,10 @@ Examples::
     python -m ssl4sar_jax.main --config configs/evaluate.py --workdir runs/eval \
         --config.checkpoints="('runs/ft',)" --config.tta=True
 
+Exit codes: 0 finished (or ``stop_after_steps``), 1 error (the message says what to do),
+2 bad flags or config keys, 42 preempted by SIGTERM after a clean save (rerun to resume),
+75 the workdir is locked by another live run.
+
 Any config field can be overridden with ``--config.<key>=<value>``; configs are locked, so a
 key that does not exist stops with an error naming it. Multi-host runs call
 ``jax.distributed.initialize()`` when the usual cluster environment variables are present.
@@ -21,6 +25,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from ssl4sar_jax import config_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py[:variant]).", lock_config=True
@@ -72,16 +78,46 @@ def main(argv: list[str]) -> int:
         cache_dir or "off",
     )
     from ssl4sar_jax import tasks
+    from ssl4sar_jax import workdir as workdir_lib
 
     entry = tasks.get_entry(config.task)
-    result = entry.run(config, _WORKDIR.value)
+    try:
+        result = entry.run(config, _WORKDIR.value)
+    except workdir_lib.WorkdirLockedError as err:
+        logging.error("%s", err)
+        return workdir_lib.EXIT_LOCKED
+    except _user_errors() as err:
+        # Errors whose message says what is wrong and what to do: no traceback.
+        logging.error("%s: %s", type(err).__name__, err)
+        return workdir_lib.EXIT_ERROR
     if entry.trains:
         _log_summary(result)
-    return 0
+        if result["stopped"] == "preempted":
+            # Distinct from a finished run, so a scheduler knows to requeue (state is saved).
+            return workdir_lib.EXIT_PREEMPTED
+    return workdir_lib.EXIT_OK
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Refusals whose message says what is wrong and what to do (logged without traceback)."""
+    from ssl4sar_jax import checkpointing, health, metrics_lib
+    from ssl4sar_jax import workdir as workdir_lib
+
+    return (
+        workdir_lib.WorkdirHistoryError,
+        workdir_lib.ConfigChangeError,
+        checkpointing.CheckpointSaveError,
+        checkpointing.CheckpointIntegrityError,
+        checkpointing.CheckpointMismatchError,
+        metrics_lib.NonFiniteLossError,
+        health.DivergenceError,
+    )
 
 
 def _log_summary(summary: dict) -> None:
     """First -> last validation metrics and how the run ended."""
+    import jax
+
     history = summary["val_history"]
     if history:
         first, last = history[0], history[-1]
@@ -95,6 +131,8 @@ def _log_summary(summary: dict) -> None:
                     last[key],
                     last["step"],
                 )
+    if history and jax.process_index() == 0:
+        _write_final_metrics(_WORKDIR.value, summary)
     logging.info(
         "Finished (%s) at step %d in %.1f s.",
         summary["stopped"],
@@ -103,28 +141,39 @@ def _log_summary(summary: dict) -> None:
     )
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing that fails clearly on ``--config.<key>`` naming no config field."""
-    try:
-        return flags.FLAGS(argv)
-    except (AttributeError, KeyError) as err:
-        overrides = [a.split("=")[0][len("--config.") :] for a in argv if a.startswith("--config.")]
-        bad = [key for key in overrides if key.split(".")[-1] in str(err)]
-        if not bad:
-            raise
-        sys.stderr.write(
-            f"Unknown config key(s) {bad}: the config has no such field (configs are locked). "
-            "See the config file for the available keys.\n"
-        )
-        sys.exit(2)
-    except flags.Error as err:
-        sys.stderr.write(f"FATAL Flags parsing error: {err}\nPass --helpshort or --helpfull.\n")
-        sys.exit(1)
+def _write_final_metrics(workdir: str, summary: dict) -> None:
+    """Prints the last validation and writes it to ``<workdir>/final_metrics.json`` (atomically)."""
+    import json
+
+    last = summary["val_history"][-1]
+    final = {
+        "step": last["step"],
+        "wall_time_s": summary["wall_time_s"],
+        "best": summary["best"],
+        **{k: v for k, v in last.items() if k != "step"},
+    }
+    keys = (
+        "val/zones/iou_mean",
+        "val/zones/iou_glacier",
+        "val/front/mde_m",
+        "val/front/mde_px",
+        "val/front/missing_fronts",
+        "val/front/num_images",
+        "val/loss",
+    )
+    shown = ", ".join(f"{k.split('/')[-1]}={last[k]:.4g}" for k in keys if k in last)
+    logging.info("Final validation (step %d): %s", last["step"], shown)
+    print(f"Final validation (step {last['step']}): {shown}", flush=True)
+    path = os.path.join(workdir, "final_metrics.json")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(final, f, indent=2, default=float)
+    os.replace(tmp, path)
 
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=config_lib.parse_flags)
 
 
 if __name__ == "__main__":

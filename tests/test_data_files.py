@@ -34,7 +34,7 @@ def test_parse_stem_reads_every_field():
 )
 def test_parse_stem_rejects_broken_names(stem, fragment):
     with pytest.raises(ValueError, match=fragment) as err:
-        caffe_files.parse_stem(stem)
+        caffe_files.parse_caffe_stem(stem)  # the grammar plus CaFFe's names and spacings
     assert stem in str(err.value)
 
 
@@ -52,8 +52,8 @@ def test_zone_mapping():
 def test_parse_bbox():
     text = "x,y\n10.4,200.6\n10.4,50\n300,50\n300,200.6\n"
     box = caffe_files.parse_bbox(text, "b.txt")
-    assert box.dtype == np.float32 and box.shape == (4, 2)
-    np.testing.assert_allclose(box[0], [10.4, 200.6], rtol=1e-6)
+    assert box.dtype == np.float64 and box.shape == (4, 2)
+    np.testing.assert_allclose(box[0], [10.4, 200.6], rtol=1e-12)
     with pytest.raises(ValueError, match="b.txt"):
         caffe_files.parse_bbox("x,y\n1,2\n", "b.txt")
 
@@ -64,7 +64,7 @@ def test_official_split_is_reproduced():
     assert sorted(val.tolist()) == list(caffe_files.CAFFE_VAL_INDICES)
     assert sorted(np.concatenate([train, val]).tolist()) == list(range(559))
     # Sorted training names: Crane [0, 69), DBE [69, 202), JAC [202, 361), Jorum [361, 438),
-    # SI [438, 559) -> validation holds Crane 8, DBE 10, JAC 16, Jorum 8, SI 14 (reference §1.6).
+    # SI [438, 559) -> validation holds Crane 8, DBE 10, JAC 16, Jorum 8, SI 14 (the official CaFFe split).
     edges = np.cumsum([0] + [caffe_files.CAFFE_GLACIER_COUNTS[g] for g in TRAIN_GLACIERS])
     per_glacier = np.histogram(val, bins=edges)[0].tolist()
     assert per_glacier == [8, 10, 16, 8, 14]

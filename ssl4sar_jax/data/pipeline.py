@@ -1,6 +1,7 @@
 """grain input pipelines: fine-tuning and pretraining samplers over TFDS data sources.
 
-Design (style_guide.md §8.3 item 7; reference data_and_evaluation.md §2.3, §3.3):
+Design (samplers of Nora-Go/TYRION ``CaFFe/dataset_hook.py:RandomPatchDataset`` and
+``CaFFe/dataset_unlabeled.py``, made deterministic and resumable for grain):
 
 * A pipeline is ``grain.MapDataset.range(n).map(sampler).batch(B).to_iter_dataset()``. Element
   ``i`` of process ``p`` is a pure function of ``(seed, p, i)``: its random generator is
@@ -19,8 +20,6 @@ Design (style_guide.md §8.3 item 7; reference data_and_evaluation.md §2.3, §3
 from __future__ import annotations
 
 import collections
-import dataclasses
-import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -293,134 +292,3 @@ def make_pretrain_iterator(
         record_cache_size=record_cache_size,
         num_workers=num_workers,
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# TFDS preparation and config-driven construction
-# ----------------------------------------------------------------------------------------------
-
-
-def prepare(
-    name: str,
-    config: Any = "synthetic",
-    data_dir: str | None = None,
-    manual_dir: str | None = None,
-    *,
-    splits: Sequence[str] | None = None,
-) -> dict[str, Sequence[Record]]:
-    """Builds (first call) or opens a prepared dataset and returns its ``tfds.data_source`` splits.
-
-    Args:
-        name: ``"caffe"`` or ``"ssl4sar"``.
-        config: builder config name (``"synthetic"``, ``"full"``) or a config object
-            (e.g. ``CaffeConfig(name="synthetic_big", synthetic=SyntheticCaffeSpec(...))``).
-        data_dir: TFDS data dir (default: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
-        manual_dir: folder with the raw archives (``full`` configs).
-        splits: split names or expressions (``"train+validation"``); default: every split.
-
-    Returns:
-        ``{split: ArrayRecord data source}`` (random access, records as in docs/interfaces.md).
-    """
-    import tensorflow_datasets as tfds
-
-    builder = _builder(name, config, data_dir)
-    manual_dir = os.path.expanduser(manual_dir) if manual_dir else None
-    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-    builder.download_and_prepare(download_config=download_config)
-    splits = list(splits) if splits is not None else list(builder.info.splits.keys())
-    return {split: builder.as_data_source(split=split) for split in splits}
-
-
-def _builder(name: str, config: Any, data_dir: str | None):
-    import tensorflow_datasets as tfds
-
-    import ssl4sar_jax  # noqa: F401  (registers the builders)
-
-    if name not in ("caffe", "ssl4sar"):
-        raise ValueError(f"Unknown dataset {name!r}; expected 'caffe' or 'ssl4sar'")
-    data_dir = os.path.expanduser(data_dir) if data_dir else None
-    return tfds.builder(name, config=config, data_dir=data_dir, file_format="array_record")
-
-
-def is_prepared(name: str, config: Any = "synthetic", data_dir: str | None = None) -> bool:
-    """Whether `prepare` would only open (not build) the dataset."""
-    return _builder(name, config, data_dir).is_prepared()
-
-
-def default_data_config(task: str):
-    """The ``config.data`` block for `make_train_iterator` (ml_collections ConfigDict).
-
-    Args:
-        task: ``"finetune"`` (CaFFe) or ``"pretrain"`` (SSL4SAR).
-    """
-    import ml_collections
-
-    if task == "finetune":
-        name, sampler = "caffe", FinetuneSamplerConfig()
-    elif task == "pretrain":
-        name, sampler = "ssl4sar", PretrainSamplerConfig()
-    else:
-        raise ValueError(f"task must be 'finetune' or 'pretrain', got {task!r}")
-    return ml_collections.ConfigDict(
-        {
-            "name": name,
-            "config": "synthetic",
-            "data_dir": None,
-            "manual_dir": None,
-            "split": "train",
-            "num_threads": 2,
-            "prefetch_buffer_size": 8,
-            "num_workers": 0,
-            "sampler": dataclasses.asdict(sampler),
-        },
-        type_safe=False,
-    )
-
-
-def make_train_iterator(
-    data_config: Mapping[str, Any],
-    *,
-    global_batch_size: int,
-    seed: int,
-    split: str | None = None,
-    num_epochs: int | None = None,
-    process_index: int | None = None,
-    process_count: int | None = None,
-) -> grain.DatasetIterator:
-    """Prepares the dataset named in `data_config` and returns its training iterator.
-
-    Args:
-        data_config: a block like `default_data_config` (``name`` picks the sampler: ``caffe`` ->
-            fine-tuning, ``ssl4sar`` -> pretraining).
-        global_batch_size: batch over all processes.
-        seed: pipeline seed.
-        split: overrides ``data_config.split``.
-        num_epochs: None = infinite.
-        process_index / process_count: default to JAX's.
-    """
-    split = split or data_config["split"]
-    sources = prepare(
-        data_config["name"],
-        data_config["config"],
-        data_config["data_dir"],
-        data_config["manual_dir"],
-        splits=[split],
-    )
-    kwargs = dict(
-        global_batch_size=global_batch_size,
-        seed=seed,
-        num_epochs=num_epochs,
-        process_index=process_index,
-        process_count=process_count,
-        num_threads=data_config.get("num_threads", 2),
-        prefetch_buffer_size=data_config.get("prefetch_buffer_size", 8),
-        num_workers=data_config.get("num_workers", 0),
-    )
-    sampler_fields = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in dict(data_config["sampler"]).items()
-    }
-    if data_config["name"] == "caffe":
-        cfg = FinetuneSamplerConfig(**sampler_fields)
-        return make_finetune_iterator(sources[split], sampler=cfg, **kwargs)
-    cfg = PretrainSamplerConfig(**sampler_fields)
-    return make_pretrain_iterator(sources[split], sampler=cfg, **kwargs)

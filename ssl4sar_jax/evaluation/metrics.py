@@ -1,4 +1,5 @@
-"""Front and zone metrics (``data_and_evaluation.md`` §4.2, §4.4, §4.5).
+"""Front and zone metrics and their breakdowns (Nora-Go/TYRION ``Evaluation.py``; the same
+functions in the CaFFe code, Nora-Go/Calving_Fronts_and_Where_to_Find_Them ``validate_or_test.py``).
 
 Mean Distance Error (MDE), exactly as TYRION/CaFFe ``front_error`` +
 ``calculate_front_delineation_metric``: for each image i with predicted front P_i, true front G_i
@@ -24,12 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from ssl4sar_jax.constants import NUM_ZONE_CLASSES, ZONE_NAMES
+from ssl4sar_jax.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,19 +101,24 @@ def pool_front_metrics(rows: Iterable[dict]) -> dict[str, float]:
 
     Returns:
         ``{"mde_m", "mde_per_image_mean_m", "mde_front_length_weighted_m", "missing_fronts",
-        "num_images", "num_images_with_front"}``; MDE values are NaN when no image has a front.
+        "num_images", "num_images_with_front"}`` and, when the rows carry ``front_sum_px``,
+        ``"mde_px"`` (the same pooling in pixels); MDE values are NaN when no image has a front.
     """
-    total = count = 0.0
+    total = count = total_px = 0.0
+    with_px = True  # every row carries front_sum_px (the runner's rows do)
     per_image_means: list[float] = []
     true_lengths: list[float] = []
     missing = n_images = 0
     for row in rows:
         n_images += 1
+        with_px = with_px and "front_sum_px" in row
         if not row["has_front"]:
             missing += 1
             continue
         total += row["front_sum_m"]
         count += row["front_count"]
+        if with_px:
+            total_px += row["front_sum_px"]
         per_image_means.append(row["front_sum_m"] / row["front_count"])
         true_lengths.append(row["n_true_front"])
     if per_image_means:
@@ -121,7 +129,7 @@ def pool_front_metrics(rows: Iterable[dict]) -> dict[str, float]:
         weighted = float((means * lengths).sum() / lengths.sum())
     else:
         mde = per_image_mean = weighted = float("nan")
-    return {
+    out = {
         "mde_m": float(mde),
         "mde_per_image_mean_m": per_image_mean,
         "mde_front_length_weighted_m": weighted,
@@ -129,6 +137,9 @@ def pool_front_metrics(rows: Iterable[dict]) -> dict[str, float]:
         "num_images": n_images,
         "num_images_with_front": n_images - missing,
     }
+    if with_px and n_images:
+        out["mde_px"] = float(total_px / count) if per_image_means else float("nan")
+    return out
 
 
 def mean_distance_error(
@@ -232,7 +243,7 @@ def average_zone_metrics(rows: Sequence[dict]) -> dict[str, float]:
 
 
 def sensor_group(sensor: str) -> str:
-    """TSX and TDX are reported together as ``"TSX/TDX"`` (§1.3)."""
+    """TSX and TDX are reported together as ``"TSX/TDX"`` (one mission pair, as in the CaFFe breakdowns)."""
     return "TSX/TDX" if sensor in ("TSX", "TDX") else sensor
 
 
@@ -269,6 +280,7 @@ def breakdowns(rows: Sequence[dict]) -> dict[str, dict[str, dict]]:
             "/".join(str(v) for v in key): {
                 **pool_front_metrics(group),
                 "iou_mean": average_zone_metrics(group)["iou_mean"],
+                **pool_extra_metrics(group),
             }
             for key, group in sorted(groups.items())
         }
@@ -286,3 +298,86 @@ def json_safe(obj):
     if isinstance(obj, float):
         return _nan_to_none(obj)
     return obj
+
+
+# ---------------------------------------------------------------------------- registry
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """An extra evaluation metric: computed per image, pooled over any set of images.
+
+    Registered metrics run after the built-in front and zone metrics, for every evaluation
+    (``ssl4sar_jax.evaluation.runner``, training-time validation, the evaluate task): their
+    per-image values become columns of ``per_image.csv``, their pooled values enter the flat
+    metrics as ``{group}/{key}`` and every breakdown subset (per glacier, season, ...).
+
+    Attributes:
+        name: Registry key.
+        per_image: ``(image, pred_zones [H, W], pred_front [H, W] bool) -> {column: float}``;
+            ``image`` is the runner's validated ``ImageRecord`` (``zones``, ``front``,
+            ``pixel spacing``, ``glacier``, ...).
+        pool: ``(rows) -> {key: float}`` over per-image rows; None: the NaN-skipping mean of
+            each column.
+        group: Prefix of the flat keys (``"zones"``, ``"front"`` or a new one).
+        columns: The per-image columns ``per_image`` returns (default: just ``name``).
+    """
+
+    name: str
+    per_image: Callable[[Any, np.ndarray, np.ndarray], dict[str, float]]
+    pool: Callable[[Sequence[dict]], dict[str, float]] | None = None
+    group: str = "zones"
+    columns: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.columns:
+            object.__setattr__(self, "columns", (self.name,))
+
+
+_METRICS: Registry[Metric] = Registry("metric")
+
+
+def register_metric(metric: Metric, *, replace: bool = False) -> Metric:
+    """Adds ``metric`` to the registry (``replace=True`` to overwrite an entry)."""
+    return _METRICS.add(metric.name, metric, replace=replace)
+
+
+def unregister_metric(name: str) -> None:
+    """Removes an entry (tests that register a temporary metric)."""
+    _METRICS.remove(name)
+
+
+def metric_names() -> tuple[str, ...]:
+    """Registered extra metrics, in registration order."""
+    return _METRICS.names()
+
+
+def extra_image_metrics(image: Any, pred_zones: np.ndarray, pred_front: np.ndarray) -> dict:
+    """The per-image values of every registered metric (merged into the runner's row)."""
+    out: dict[str, float] = {}
+    for metric in _METRICS.values():
+        values = {k: float(v) for k, v in metric.per_image(image, pred_zones, pred_front).items()}
+        if set(values) != set(metric.columns):
+            raise ValueError(
+                f"metric {metric.name!r} returned columns {sorted(values)}, declared "
+                f"{sorted(metric.columns)}"
+            )
+        clash = sorted(set(values) & set(out))
+        if clash:
+            raise ValueError(f"metric {metric.name!r} returns columns already taken: {clash}")
+        out.update(values)
+    return out
+
+
+def pool_extra_metrics(rows: Sequence[dict]) -> dict[str, float]:
+    """Pooled values of every registered metric, as flat ``{group}/{key}`` entries."""
+    out: dict[str, float] = {}
+    for metric in _METRICS.values():
+        if metric.pool is not None:
+            pooled = metric.pool(rows)
+        else:
+            pooled = {}
+            for column in metric.columns:
+                values = np.asarray([row[column] for row in rows], dtype=np.float64)
+                finite = ~np.isnan(values)
+                pooled[column] = float(values[finite].mean()) if finite.any() else float("nan")
+        out.update({f"{metric.group}/{k}": float(v) for k, v in pooled.items()})
+    return out

@@ -11,14 +11,13 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from ssl4sar_jax import io_utils
 from ssl4sar_jax.constants import ZONE_NAMES
 from ssl4sar_jax.evaluation.metrics import json_safe
 from ssl4sar_jax.evaluation.postprocess import bbox_window
@@ -31,40 +30,14 @@ BBOX_COLOUR = np.array([255, 200, 0], np.uint8)
 MAX_PICTURE_SIDE = 1200
 
 
-def _atomic_path(path: str) -> tuple[int, str]:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    return tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.splitext(path)[1])
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` via a temporary file and a rename."""
-    fd, tmp = _atomic_path(path)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def atomic_save_png(path: str, image: np.ndarray) -> None:
     """Saves ``[H, W]`` or ``[H, W, 3]`` uint8 as PNG via a temporary file and a rename."""
-    fd, tmp = _atomic_path(path)
-    os.close(fd)
-    try:
+    with io_utils.atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def write_json(path: str, obj: dict) -> None:
-    atomic_write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=False) + "\n")
+    io_utils.write_text_atomic(path, json.dumps(json_safe(obj), indent=2, sort_keys=False) + "\n")
 
 
 def write_csv(path: str, rows: Sequence[dict]) -> None:
@@ -77,7 +50,7 @@ def write_csv(path: str, rows: Sequence[dict]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if _is_nan(v) else v) for k, v in row.items()})
-    atomic_write_text(path, buffer.getvalue())
+    io_utils.write_text_atomic(path, buffer.getvalue())
 
 
 def _is_nan(value) -> bool:
@@ -88,9 +61,18 @@ def _display_factor(shape: tuple[int, int]) -> int:
     return max(1, math.ceil(max(shape) / MAX_PICTURE_SIDE))
 
 
+def front_line_width(shape: tuple[int, int]) -> int:
+    """Front line width (odd, pixels of the full image) for an overlay: about 1/300 of the longer
+    side, so the line looks the same after downsampling to the picture size whatever the image
+    size or pixel spacing (1 px for a 256-px image, 17 px for a 4,500-px one)."""
+    return 2 * round(max(shape) / 600) + 1
+
+
 def _thick(front: np.ndarray, resolution_m: float, factor: int) -> np.ndarray:
-    # Reference visualisation: 9x9 dilation under 10 m, else 3x3; wider when downsampled.
-    size = (9 if resolution_m < 10 else 3) + 2 * (factor - 1)
+    del resolution_m, factor  # the width depends on the image size only
+    size = front_line_width(front.shape)
+    if size == 1:
+        return front.astype(bool)
     return ndimage.binary_dilation(front.astype(bool), structure=np.ones((size, size), bool))
 
 
@@ -126,7 +108,8 @@ def overlay_picture(
         true_zones: ``[H, W]`` true ids.
         pred_front: ``[H, W]`` predicted front (after post-processing).
         true_front: ``[H, W]`` true front.
-        resolution_m: Pixel spacing (sets the front line width).
+        resolution_m: Pixel spacing in metres (kept for the call signature; the line width is
+            `front_line_width` of the image size).
         bbox: Raw box corners ``[4, 2]`` or None.
 
     Returns:
@@ -196,12 +179,4 @@ def summary_plot(path: str, breakdowns: dict, overall: dict) -> None:
     iou = overall.get("zones/iou_mean", float("nan"))
     fig.suptitle(f"Pooled MDE {mde:.1f} m, mean zone IoU {iou:.3f} ({', '.join(ZONE_NAMES)})")
     fig.tight_layout()
-    fd, tmp = _atomic_path(path)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    io_utils.save_figure(fig, path, dpi=110, format="png")

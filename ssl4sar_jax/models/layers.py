@@ -1,8 +1,8 @@
 """Shared building blocks: initialisers matching the PyTorch reference, convolutions, norms.
 
-Initialisation (as TYRION's ``Tyrion`` model: timm's ``trunc_normal_`` for the Swin linears,
-PyTorch defaults elsewhere), all with `jax.nn.initializers` / `jax.random`, so the whole model is
-drawn inside one jitted init (the persistent compilation cache absorbs its compile time):
+Initialisation (as Nora-Go/TYRION ``Tyrion.__init__`` / ``_init_weights``), all with
+`jax.nn.initializers` / `jax.random`, so the whole model is drawn inside one jitted init (the
+persistent compilation cache absorbs its compile time):
 
 * Linear layers of the Swin encoder: weight ~ N(0, 0.02^2) truncated at +-2 (absolute, as
   timm's ``trunc_normal_``, i.e. +-100 sigma), bias 0 (`trunc_normal_linear`).
