@@ -487,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_json(path: str | None, results: dict[str, object]) -> None:
+    from ssl4sar_jax import io_utils
+
     if path:
         io_utils.write_json_atomic(path, results, indent=1)
 
