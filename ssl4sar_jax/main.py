@@ -65,13 +65,17 @@ def main(argv: list[str]) -> int:
         # Must happen before the backend starts; only affects the CPU platform.
         jax.config.update("jax_num_cpu_devices", cpu_devices)
     _maybe_initialize_distributed()
+    from ssl4sar_jax.compilation_cache import enable_compilation_cache
+
+    cache_dir = enable_compilation_cache(config.get("compilation_cache_dir", "auto"))
 
     logging.info(
-        "JAX %s, process %d/%d, devices: %s",
+        "JAX %s, process %d/%d, devices: %s, compilation cache: %s",
         jax.__version__,
         jax.process_index(),
         jax.process_count(),
         jax.devices(),
+        cache_dir or "off",
     )
     from ssl4sar_jax import tasks
     from ssl4sar_jax import workdir as workdir_lib
