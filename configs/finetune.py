@@ -1,4 +1,5 @@
-r"""Fine-tuning on CaFFe zone segmentation (TYRION recipe, `model_and_training.md` §3).
+r"""Fine-tuning on CaFFe zone segmentation (recipe of Nora-Go/TYRION ``train_Tyrion.py`` and
+``Config/model/Tyrion.yaml``).
 
 Variants (``--config configs/finetune.py:<variant>``):
 

@@ -9,6 +9,10 @@ Examples::
     python -m ssl4sar_jax.main --config configs/evaluate.py --workdir runs/eval \
         --config.checkpoints="('runs/ft',)" --config.tta=True
 
+Exit codes: 0 finished (or ``stop_after_steps``), 1 error (the message says what to do),
+2 bad flags or config keys, 42 preempted by SIGTERM after a clean save (rerun to resume),
+75 the workdir is locked by another live run.
+
 Any config field can be overridden with ``--config.<key>=<value>``; configs are locked, so a
 key that does not exist stops with an error naming it. Multi-host runs call
 ``jax.distributed.initialize()`` when the usual cluster environment variables are present.
@@ -70,12 +74,40 @@ def main(argv: list[str]) -> int:
         jax.devices(),
     )
     from ssl4sar_jax import tasks
+    from ssl4sar_jax import workdir as workdir_lib
 
     entry = tasks.get_entry(config.task)
-    result = entry.run(config, _WORKDIR.value)
+    try:
+        result = entry.run(config, _WORKDIR.value)
+    except workdir_lib.WorkdirLockedError as err:
+        logging.error("%s", err)
+        return workdir_lib.EXIT_LOCKED
+    except _user_errors() as err:
+        # Errors whose message says what is wrong and what to do: no traceback.
+        logging.error("%s: %s", type(err).__name__, err)
+        return workdir_lib.EXIT_ERROR
     if entry.trains:
         _log_summary(result)
-    return 0
+        if result["stopped"] == "preempted":
+            # Distinct from a finished run, so a scheduler knows to requeue (state is saved).
+            return workdir_lib.EXIT_PREEMPTED
+    return workdir_lib.EXIT_OK
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Refusals whose message says what is wrong and what to do (logged without traceback)."""
+    from ssl4sar_jax import checkpointing, health, metrics_lib
+    from ssl4sar_jax import workdir as workdir_lib
+
+    return (
+        workdir_lib.WorkdirHistoryError,
+        workdir_lib.ConfigChangeError,
+        checkpointing.CheckpointSaveError,
+        checkpointing.CheckpointIntegrityError,
+        checkpointing.CheckpointMismatchError,
+        metrics_lib.NonFiniteLossError,
+        health.DivergenceError,
+    )
 
 
 def _log_summary(summary: dict) -> None:

@@ -1,4 +1,5 @@
-"""Optimiser and learning-rate control of the reference recipes (`model_and_training.md` §3.3, §4).
+"""Optimiser and learning-rate control of the SSL4SAR recipes (Nora-Go/TYRION
+``model/modules/TyrionWrapper.py:configure_optimizers`` and the pretraining modules).
 
 * SGD with PyTorch-style momentum (``buf = m·buf + g; p -= lr·buf``, no dampening, no Nesterov)
   and *coupled* weight decay on every parameter: ``optax.add_decayed_weights`` before

@@ -51,7 +51,16 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ssl4sar_jax.constants import GLACIERS, TEST_GLACIERS, ZONE_PNG_VALUES, season_of
+from ssl4sar_jax.constants import (
+    GLACIER,
+    GLACIERS,
+    NA,
+    OCEAN,
+    ROCK,
+    TEST_GLACIERS,
+    ZONE_PNG_VALUES,
+    season_of,
+)
 from ssl4sar_jax.data.caffe_files import (
     BBOX_SUFFIX,
     CAFFE_SENSOR_COUNTS,
@@ -64,8 +73,6 @@ from ssl4sar_jax.data.synthetic_specs import (  # noqa: F401  (re-exported)
     SyntheticCaffeSpec,
     SyntheticSSL4SARSpec,
 )
-
-NA, ROCK, GLACIER, OCEAN = 0, 1, 2, 3
 
 # Years each sensor was acquiring (used to draw plausible dates).
 SENSOR_YEARS: dict[str, tuple[int, int]] = {

@@ -1,4 +1,5 @@
-"""CaFFe zone-segmentation fine-tuning (TYRION ``TyrionWrapper``, `model_and_training.md` §3).
+"""CaFFe zone-segmentation fine-tuning (Nora-Go/TYRION
+``model/modules/TyrionWrapper.py``).
 
 Loss: ``0.5·CE(centre) + 0.5·CE(context) + 0.5·Dice(centre) + 0.5·Dice(context)`` on the context
 logits and their central crop. Validation: the validation images are tiled (non-overlapping,
