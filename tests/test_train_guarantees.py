@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_train_utils import REPO, compilation_cache, data_dir, micro_config  # noqa: F401
+from train_helpers import REPO, micro_config
 
 from ssl4sar_jax import checkpointing, metrics_lib, train_lib
 from ssl4sar_jax import workdir as workdir_lib
