@@ -6,14 +6,12 @@ import json
 import sys
 from pathlib import Path
 
-from test_train_utils import compilation_cache, data_dir  # noqa: F401  (fixtures)
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import pretraining_benefit  # noqa: E402
 
 
-def test_pretraining_benefit_quick(tmp_path, data_dir, compilation_cache):  # noqa: F811
+def test_pretraining_benefit_quick(tmp_path, data_dir, compilation_cache):
     out = tmp_path / "ptb"
     args = ["--workdir", str(out), "--quick", "--seeds", "0", "1", "--labelled", "3"]
     results = pretraining_benefit.main([*args, "--data-dir", data_dir, "--cpu-devices", "0"])

@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_train_utils import REPO, compilation_cache, data_dir, micro_config  # noqa: F401
+from train_helpers import REPO, micro_config
 
 from ssl4sar_jax import checkpointing, metrics_lib, train_lib
 from ssl4sar_jax import workdir as workdir_lib
@@ -27,7 +27,7 @@ CHILD = os.path.join(REPO, "tests", "training_child.py")
 
 
 @pytest.fixture()
-def make_config(data_dir, compilation_cache):  # noqa: F811
+def make_config(data_dir, compilation_cache):
     def make(**overrides):
         config = micro_config("finetune", "smoke", data_dir, 1)
         config.total_steps = 4

@@ -40,7 +40,7 @@ def main() -> None:
         jax.config.update("jax_compilation_cache_dir", spec["cache_dir"])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    from test_train_utils import micro_config
+    from train_helpers import micro_config
 
     from ssl4sar_jax import checkpointing, train_lib
 
