@@ -54,14 +54,9 @@ def load_config(name: str, variant: str):
 
 def apply(config, overrides: dict[str, Any]):
     """Sets dotted keys (``"optim.learning_rate"``); unknown keys fail like the command line."""
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        if leaf not in node:
-            raise KeyError(f"config has no field {key!r}")
-        node[leaf] = value
+    from ssl4sar_jax import config_lib
+
+    config_lib.apply_overrides(config, overrides)
     return config
 
 
