@@ -40,6 +40,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from ssl4sar_jax import io_utils
 from ssl4sar_jax.param_utils import LoadReport, flatten_params, path_to_str
 
 CHECKPOINT_DIR = "checkpoints"
@@ -114,7 +115,9 @@ def _files_under(directory: str) -> list[str]:
     for root, _, files in os.walk(directory):
         for name in files:
             rel = os.path.relpath(os.path.join(root, name), directory)
-            if rel != MANIFEST_FILE and not rel.endswith(".tmp"):
+            # Leftover temporaries (".tmp" suffix, io_utils' ".tmp_" prefix) are not content.
+            temporary = rel.endswith(".tmp") or os.path.basename(rel).startswith(".tmp_")
+            if rel != MANIFEST_FILE and not temporary:
                 out.append(rel)
     return sorted(out)
 
@@ -137,12 +140,8 @@ def write_manifest(step_dir: str, step: int | None = None) -> str:
     }
     payload = {"format": MANIFEST_FORMAT, "step": step, "files": files, "written": time.time()}
     path = os.path.join(step_dir, MANIFEST_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with io_utils.atomic_open(path, "w", durable=True) as f:
         json.dump(payload, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 

@@ -26,7 +26,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ssl4sar_jax import config_lib
+from ssl4sar_jax import config_lib, io_utils
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py[:variant]).", lock_config=True
@@ -143,7 +143,6 @@ def _log_summary(summary: dict) -> None:
 
 def _write_final_metrics(workdir: str, summary: dict) -> None:
     """Prints the last validation and writes it to ``<workdir>/final_metrics.json`` (atomically)."""
-    import json
 
     last = summary["val_history"][-1]
     final = {
@@ -165,10 +164,7 @@ def _write_final_metrics(workdir: str, summary: dict) -> None:
     logging.info("Final validation (step %d): %s", last["step"], shown)
     print(f"Final validation (step {last['step']}): {shown}", flush=True)
     path = os.path.join(workdir, "final_metrics.json")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(final, f, indent=2, default=float)
-    os.replace(tmp, path)
+    io_utils.write_json_atomic(path, final, default=float)
 
 
 def run() -> None:

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments import pretraining_benefit  # noqa: E402
 
 
-def test_pretraining_benefit_quick(tmp_path, data_dir, compilation_cache):  # noqa: F811
+def test_pretraining_benefit_quick(tmp_path, data_dir, compilation_cache):
     out = tmp_path / "ptb"
     args = ["--workdir", str(out), "--quick", "--seeds", "0", "1", "--labelled", "3"]
     results = pretraining_benefit.main([*args, "--data-dir", data_dir, "--cpu-devices", "0"])

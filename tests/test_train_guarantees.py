@@ -27,7 +27,7 @@ CHILD = os.path.join(REPO, "tests", "training_child.py")
 
 
 @pytest.fixture()
-def make_config(data_dir, compilation_cache):  # noqa: F811
+def make_config(data_dir, compilation_cache):
     def make(**overrides):
         config = micro_config("finetune", "smoke", data_dir, 1)
         config.total_steps = 4
