@@ -76,9 +76,13 @@ def test_oracle_front_within_one_pixel_of_true_front(oracle_scene):
     assert truth.length > 20 * SPACING  # a real front, not a speck
     # Every predicted vertex (an ocean pixel centre next to glacier) is within 1 px of the truth,
     assert _directed_max(pred, truth) <= 1.0 * SPACING
-    # and the prediction covers the whole true front (pixel corners of diagonal steps <= 1.5 px).
-    assert _directed_max(truth, pred) <= 1.5 * SPACING
-    assert pred.length == pytest.approx(truth.length, rel=0.25)
+    # and the prediction covers every true front piece that the post-processing keeps: pieces
+    # shorter than 750 m are removed by design (the CaFFe rule), so the oracle cannot recover them
+    # (pixel corners of diagonal steps <= 1.5 px).
+    kept = shapely.MultiLineString([g for g in truth.geoms if g.length >= 750.0 + 2 * SPACING])
+    assert kept.length > 0.5 * truth.length
+    assert _directed_max(kept, pred) <= 1.5 * SPACING
+    assert pred.length == pytest.approx(kept.length, rel=0.25)
     assert set(fields) >= {"scene", "date", "sensor", "spacing_m", "length_m", "entropy", "model"}
     assert fields["scene"][0] == name and str(fields["date"][0])[:10] == "2020-07-01"
     assert fields["spacing_m"][0] == pytest.approx(SPACING)
