@@ -138,7 +138,15 @@ def write_manifest(step_dir: str, step: int | None = None) -> str:
         }
         for rel in _files_under(step_dir)
     }
-    payload = {"format": MANIFEST_FORMAT, "step": step, "files": files, "written": time.time()}
+    payload = {
+        "format": MANIFEST_FORMAT,
+        "step": step,
+        "files": files,
+        # The manifest checks itself too: a damaged manifest is named as such, not as the files
+        # whose (damaged) names it lists.
+        "files_sha256": _files_digest(files),
+        "written": time.time(),
+    }
     path = os.path.join(step_dir, MANIFEST_FILE)
     with io_utils.atomic_open(path, "w", durable=True) as f:
         json.dump(payload, f, indent=1, sort_keys=True)
@@ -201,8 +209,16 @@ def verify_step_dir(step_dir: str) -> StepCheck:
         with open(manifest_path) as f:
             manifest = json.load(f)
         files = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        digest = manifest.get("files_sha256")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         return StepCheck(step_dir, step, "invalid", f"unreadable manifest {manifest_path}: {err}")
+    if digest is not None and digest != _files_digest(files):
+        return StepCheck(
+            step_dir,
+            step,
+            "invalid",
+            f"the manifest {manifest_path} is corrupt (its digest differs)",
+        )
     problems = []
     for rel, entry in sorted(files.items()):
         path = os.path.join(step_dir, rel)
@@ -219,6 +235,11 @@ def verify_step_dir(step_dir: str) -> StepCheck:
     if problems:
         return StepCheck(step_dir, step, "invalid", "; ".join(problems))
     return StepCheck(step_dir, step, "verified")
+
+
+def _files_digest(files: dict[str, Any]) -> str:
+    """SHA-256 of the manifest's file table (canonical JSON)."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 def step_dirs(directory: str) -> list[str]:
