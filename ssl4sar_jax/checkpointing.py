@@ -414,34 +414,56 @@ class _TensorStoreEchoes:
     """Drop the echoes of a failed TensorStore write; the failure itself is reported once.
 
     When one write of a save fails (e.g. ENOSPC), orbax's event loop ends while TensorStore
-    still completes the other writes of that save; each completion then prints
-    ``RuntimeError: Event loop is closed`` through ``sys.excepthook`` (possibly before the
-    failure reaches our thread), and the abandoned write coroutines print "Exception ignored"
-    at exit through ``sys.unraisablehook``: hundreds of lines that would bury the one error
-    that matters; asyncio also logs each failed write task ("Task exception was never
-    retrieved"). The excepthook filter (that exact RuntimeError only) and the asyncio filter
-    (orbax tasks only) are installed with the first save; the unraisable filter only after a save failed. Everything else still goes to
+    still completes the other writes of that save; each completion then raises
+    ``RuntimeError: Event loop is closed`` inside a TensorStore callback, which Python reports
+    through ``sys.unraisablehook`` (as a bare traceback) -- often *before* the failure reaches
+    our save thread, so the filter must already be in place when the save starts. The
+    abandoned write coroutines also print "Exception ignored" at exit, and asyncio logs each
+    failed write task ("Task exception was never retrieved"): hundreds of lines that would bury
+    the one error that matters.
+
+    Installed with the first save: the exact "Event loop is closed" RuntimeError (through either
+    hook) and asyncio's orbax task messages are always dropped (they only ever arise from this
+    race); the broader exit-time echoes (serialization coroutines, ImportError during
+    interpreter shutdown) only after a save failed (``failed``). Everything else still goes to
     the previous hooks.
     """
 
     dropped = 0
-    _except_installed = False
-    _unraisable_installed = False
+    failed = False
+    _installed = False
+
+    @staticmethod
+    def _is_closed_loop(value: BaseException | None) -> bool:
+        return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
 
     @classmethod
-    def install_excepthook(cls) -> None:
-        if cls._except_installed:
+    def install(cls) -> None:
+        if cls._installed:
             return
-        cls._except_installed = True
-        previous = sys.excepthook
+        cls._installed = True
+        previous_except, previous_unraisable = sys.excepthook, sys.unraisablehook
 
         def excepthook(kind, value, tb):
-            if kind is RuntimeError and str(value) == "Event loop is closed":
+            if cls._is_closed_loop(value):
                 cls.dropped += 1
                 return
-            previous(kind, value, tb)
+            previous_except(kind, value, tb)
 
-        sys.excepthook = excepthook
+        def unraisablehook(unraisable):
+            value = unraisable.exc_value
+            if cls._is_closed_loop(value) or (
+                cls.failed
+                and (
+                    "serializ" in repr(getattr(unraisable, "object", ""))
+                    or isinstance(value, (ImportError, RuntimeError))
+                )
+            ):
+                cls.dropped += 1
+                return
+            previous_unraisable(unraisable)
+
+        sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
 
         class _FailedOrbaxTasks:
             """asyncio's "Task exception was never retrieved" for orbax's write tasks."""
@@ -456,23 +478,6 @@ class _TensorStoreEchoes:
         import logging as std_logging
 
         std_logging.getLogger("asyncio").addFilter(_FailedOrbaxTasks())
-
-    @classmethod
-    def install_unraisablehook(cls) -> None:
-        if cls._unraisable_installed:
-            return
-        cls._unraisable_installed = True
-        previous = sys.unraisablehook
-
-        def unraisablehook(unraisable):
-            if "serializ" in repr(getattr(unraisable, "object", "")) or isinstance(
-                unraisable.exc_value, (ImportError, RuntimeError)
-            ):
-                cls.dropped += 1
-                return
-            previous(unraisable)
-
-        sys.unraisablehook = unraisablehook
 
 
 def _error_text(err: BaseException, limit: int = 800) -> str:
@@ -537,7 +542,7 @@ class RunCheckpointer:
         Raises:
             CheckpointSaveError: if an earlier background save failed.
         """
-        self.wait()
+        self.wait(at_step=step)
         manager = self.best_manager if best else self.manager
         if step in manager.all_steps():
             return  # already saved at this step (e.g. final save right after a periodic one)
@@ -553,14 +558,14 @@ class RunCheckpointer:
             self._thread.start()
         else:
             self._write(manager, step, state, dict(meta), best)
-            self.check()
+            self.check(at_step=step)
 
     def _write(self, manager, step: int, state: Any, meta: dict, best: bool) -> None:
         step_dir = os.path.join(self._directory(best), str(step))
         import logging as std_logging
 
         logger = std_logging.getLogger("absl")
-        _TensorStoreEchoes.install_excepthook()
+        _TensorStoreEchoes.install()
         self._stash.active, self._stash.held = True, []
         logger.addFilter(self._stash)
         try:
@@ -583,7 +588,7 @@ class RunCheckpointer:
             )
             self._error.__cause__ = err
             self._stash.held = []
-            _TensorStoreEchoes.install_unraisablehook()
+            _TensorStoreEchoes.failed = True
         finally:
             self._stash.active = False
             logger.removeFilter(self._stash)
@@ -605,8 +610,11 @@ class RunCheckpointer:
                 error.args = (f"{error.args[0]} The run stopped at step {at_step}.",)
             raise error
 
-    def wait(self) -> None:
+    def wait(self, at_step: int | None = None) -> None:
         """Block until the background save is committed (and its manifest written).
+
+        Args:
+            at_step: The loop's current step, named in the message of a failure.
 
         Raises:
             CheckpointSaveError: if it failed.
@@ -614,7 +622,7 @@ class RunCheckpointer:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        self.check()
+        self.check(at_step=at_step)
 
     def close(self) -> CheckpointSaveError | None:
         """Wait for the pending save and release the managers.

@@ -152,13 +152,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         with preemption:
             progress.reset_timer(loop.step)
             while loop.step < total_steps and loop.stopped == "completed":
+                # A failed background save stops the run here, before the next step: the message
+                # names the path, the OS error and the last step trained and logged.
+                checkpointer.check(at_step=loop.step)
                 local_batch = next(iterator)
                 local_batch = {k: local_batch[k] for k in task.batch_spec(1)}
                 batch = sharding_lib.make_global_batch(local_batch, mesh)
                 loop.state, metrics = compiled.train(loop.state, setup.rest, batch, base_key)
                 loop.step += 1
-                # A failed background save stops the run here, naming the path and OS error.
-                checkpointer.check(at_step=loop.step)
                 guard.add(loop.step, metrics)
                 if loop.step == setup.first_step + 1:
                     progress.reset_timer(loop.step)  # exclude compilation from steps/s

@@ -28,12 +28,6 @@ def series(tmp_path_factory):
     return sg.write_time_series(tmp_path_factory.mktemp("series"), zone_coded=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Known regression, to fix next: the realistic synthetic scenes (tributaries, outcrops) make "
-    "write_time_series build a box that its own fronts do not cross; the box method itself is covered "
-    "by the hand-built polygon tests below",
-)
 def test_true_fronts_give_the_known_terminus_change(series, tmp_path):
     # Fronts are GeoJSON (EPSG:4326), the box a GeoPackage in EPSG:3413: reprojected, not refused.
     rows = timeseries.box_timeseries(
@@ -54,12 +48,6 @@ def test_true_fronts_give_the_known_terminus_change(series, tmp_path):
         assert len(list(csv.DictReader(f))) == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Known regression, to fix next: the realistic synthetic scenes (tributaries, outcrops) make "
-    "write_time_series build a box that its own fronts do not cross; the box method itself is covered "
-    "by the hand-built polygon tests below",
-)
 def test_predicted_fronts_give_the_known_terminus_change(series, tmp_path):
     """Scene -> predicted front (true-zones predictor) -> box method, end to end."""
     c = runner_config(series.box_path.parent, tmp_path / "fronts")

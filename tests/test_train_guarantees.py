@@ -281,18 +281,16 @@ def test_disk_full_stops_at_the_next_step_with_the_os_error(make_config, tmp_pat
     failed = re.search(r"Saving checkpoint (\S+)/checkpoints/(\d+) failed", output)
     assert failed, output[-3000:]
     # Before: reported at the next save, 10 steps and a validation later, in 13,000 lines.
-    if wrapper is not None:
-        assert "Event loop is closed" not in output
-        assert output.count(expected) <= 6, output[-5000:]
-        assert len(output.splitlines()) < 400
-    else:
-        # Measured on the EFBIG path: the failure is raised once, but some TensorStore echoes
-        # ("Event loop is closed", printed before the failure reaches the save thread) remain.
-        assert len(output.splitlines()) < 1000
+    # TensorStore's echoes ("Event loop is closed", printed through sys.unraisablehook, often
+    # before the failure reaches the save thread) are dropped on both paths.
+    assert "Event loop is closed" not in output, output[:5000]
+    assert output.count(expected) <= 6, output[-5000:]
+    assert len(output.splitlines()) < 400
     # Raised at the first step boundary after the background write failed (the save of step
-    # N runs while steps N+1, N+2 train; on this micro model a write takes about a step).
+    # N runs while steps N+1, N+2 train; on this micro model a write takes about a step); the
+    # step named is the last one trained and logged.
     stopped = int(re.search(r"The run stopped at step (\d+)", output).group(1))
-    assert int(failed.group(2)) < stopped <= int(failed.group(2)) + 3
+    assert int(failed.group(2)) <= stopped <= int(failed.group(2)) + 3
     if rows_text is not None:
         steps = [json.loads(r)["step"] for r in rows_text.splitlines() if "train/loss" in r]
         assert max(steps) == stopped

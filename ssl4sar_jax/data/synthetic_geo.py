@@ -242,6 +242,68 @@ class TimeSeries:
     truth_csv: Path
 
 
+def _clean_front_box(zone_maps: Sequence[np.ndarray], margin: int = 6, min_width: int = 12):
+    """Pixel box ``(left, right, top, bottom)`` that every date's front crosses once, wall to wall.
+
+    Realistic scenes have tributaries, outcrops and glacier flanks that meet the ocean away from
+    the main terminus, so a box from "glacier on the top row, ocean on the bottom row" alone can
+    miss the front. Here every column of the box must read, on every date, glacier from ``top``
+    down to a single glacier->ocean transition and ocean from there to ``bottom`` (no rock, no
+    second transition): the front then enters through the left side and leaves through the
+    right one, and moving it along the flow changes the glacier area by exactly
+    ``displacement * width``.
+
+    Args:
+        zone_maps: ``[H, W]`` zone images of every date.
+        margin: Rows kept above the highest and below the lowest front position.
+        min_width: Fewest columns accepted.
+
+    Raises:
+        RuntimeError: if no such box of ``min_width`` columns exists (use another seed).
+    """
+    h, w = zone_maps[0].shape
+    fronts = np.full((len(zone_maps), w), -1)
+    for d, zones in enumerate(zone_maps):
+        for col in range(w):
+            rows = np.nonzero((zones[1:, col] == OCEAN) & (zones[:-1, col] == GLACIER))[0]
+            if len(rows) == 1:
+                fronts[d, col] = rows[0]
+    usable = (fronts >= 0).all(axis=0)
+    best = None
+    for col in range(w):  # grow a run of columns from each start; keep the widest clean one
+        if not usable[col]:
+            continue
+        top_row = bottom_row = None
+        end = col
+        while end < w and usable[end]:
+            lo = max(0, int(fronts[:, col : end + 1].min()) - margin)
+            hi = min(h - 1, int(fronts[:, col : end + 1].max()) + 1 + margin)
+            clean = (
+                all(
+                    (zones[lo : f + 1, end] == GLACIER).all()
+                    and (zones[f + 1 : hi + 1, end] == OCEAN).all()
+                    for zones, f in zip(zone_maps, fronts[:, end], strict=True)
+                )
+                and all(  # widening the row range must keep the earlier columns clean too
+                    (zones[lo : f + 1, c] == GLACIER).all()
+                    and (zones[f + 1 : hi + 1, c] == OCEAN).all()
+                    for c in range(col, end)
+                    for zones, f in zip(zone_maps, fronts[:, c], strict=True)
+                )
+            )
+            if not clean:
+                break
+            top_row, bottom_row = lo, hi
+            end += 1
+        if top_row is not None and (best is None or end - col > best[1] - best[0] + 1):
+            best = (col, end - 1, top_row, bottom_row)
+    if best is None or best[1] - best[0] + 1 < min_width:
+        raise RuntimeError(
+            "the synthetic glacier has no clean front crossing for a box; use another seed"
+        )
+    return best
+
+
 def write_time_series(
     out_dir: Path | str,
     *,
@@ -306,22 +368,10 @@ def write_time_series(
                 render_date=dates[0],
             )
         )
-    # Box: rows spanning every front with a margin, columns where every date has glacier above
-    # ocean across the whole row range (inside the fjord walls).
-    rows_front = [
-        np.nonzero((s.zones[1:] == OCEAN) & (s.zones[:-1] == GLACIER))[0] for s in written
-    ]
-    top = max(0, min(int(r.min()) for r in rows_front) - 10)
-    bottom = min(h - 1, max(int(r.max()) for r in rows_front) + 10)
-    ok = np.ones(shape[1], bool)
-    for s in written:
-        ok &= (s.zones[top] == GLACIER) & (s.zones[bottom] == OCEAN)
-    cols = np.nonzero(ok)[0]
-    if len(cols) < 8:
-        raise RuntimeError("the synthetic fjord is too narrow for a box; use another seed")
-    runs = np.split(cols, np.nonzero(np.diff(cols) != 1)[0] + 1)
-    run = max(runs, key=len)
-    left, right = int(run[0]) + 2, int(run[-1]) - 1
+    left, right, top, bottom = _clean_front_box([s.zones for s in written])
+    # Inset from the clean columns' outer edges: a front may end exactly at the first column
+    # beyond them (rock at the front row), which would touch the box side instead of crossing it.
+    left, right = left + 2, right - 1
     t = written[0].transform
     corners = [t @ (left, top), t @ (right, top), t @ (right, bottom), t @ (left, bottom)]
     box = shapely.Polygon(corners)
