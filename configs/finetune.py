@@ -50,6 +50,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_cpu_devices = 0
     c.mesh = [("data", -1)]
     c.sharding_rules = []  # e.g. [(".*kernel", (None, None, None, "data"))]
+    # Parameters + optimiser state: "replicated" | "fsdp" (split over "data") | "fsdp_tensor"
+    # (also Megatron-style over a "model" mesh axis); see ssl4sar_jax/sharding.py.
+    c.sharding = "replicated"
 
     c.model = ModelConfig.named("paper").to_dict()
     c.data = ml_collections.ConfigDict()

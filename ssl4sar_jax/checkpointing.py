@@ -1,12 +1,19 @@
 """Orbax checkpointing of training runs, resume checks, and weight initialisation sources.
 
-A checkpoint step holds two items:
+A checkpoint step holds three items:
 
 * ``state``: the train state pytree ``{"step", "params", "opt_state"}`` (params are a pure dict
-  of the NNX parameter tree, so checkpoints are readable without the model code);
-* ``meta``: JSON with everything else needed to continue exactly — the data-iterator state, the
+  of the NNX parameter tree, so checkpoints are readable without the model code). With several
+  processes every process writes the shards it holds (orbax/tensorstore, no gathering on one
+  process); a restore reads the shards its target sharding needs, on any number of processes;
+* ``meta``: JSON (written by process 0) with everything else needed to continue exactly — the
   reduce-on-plateau state, the best validation value so far, the task name and the parameter
-  shapes (used to refuse a workdir that holds a checkpoint of a different model).
+  shapes (used to refuse a workdir that holds a checkpoint of a different model);
+* ``data_iter``: one JSON file per process, ``process_<i>-of-<n>.json``, with that process's
+  data-iterator state. A restore on ``n`` processes reads its own file; on another process
+  count it accepts the saved states only if they are all equal (the pipelines of
+  ``ssl4sar_jax.data`` keep a process-count-invariant state: the number of global batches
+  consumed), and refuses otherwise.
 
 Layout: ``{workdir}/checkpoints/<step>/`` (periodic + final, keep-N) and
 ``{workdir}/best_checkpoint/<step>/`` (the single best by the task's selection metric).
@@ -24,6 +31,8 @@ big_vision ``train.py`` (resume order: workdir > init_from > scratch).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -38,6 +47,7 @@ from ssl4sar_jax import sharding as sharding_lib
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best_checkpoint"
+DATA_ITER_ITEM = "data_iter"
 
 
 class CheckpointMismatchError(ValueError):
@@ -85,6 +95,63 @@ def describe_shape_mismatch(
     return "; ".join(lines)
 
 
+class ProcessStateHandler(ocp.JsonCheckpointHandler):
+    """Orbax handler writing one JSON state per process (``process_<i>-of-<n>.json``).
+
+    Every process writes only its own file into the step's (temporary) directory; orbax commits
+    the step once all processes have finished, so a step holds all files or none.
+    """
+
+    def __init__(self):
+        super().__init__()
+
+    @staticmethod
+    def filename(index: int, count: int) -> str:
+        return f"process_{index}-of-{count}.json"
+
+    async def _save_fn(self, x, directory):
+        name = self.filename(jax.process_index(), jax.process_count())
+        (directory / name).write_text(json.dumps(x, sort_keys=True))
+
+    def restore(self, directory, item=None, args=None) -> dict[str, Any]:
+        del item, args
+        own = directory / self.filename(jax.process_index(), jax.process_count())
+        if own.exists():
+            return json.loads(own.read_text())
+        files = sorted(directory.glob("process_*-of-*.json"))
+        if not files:
+            raise FileNotFoundError(f"no per-process data-iterator state in {directory}")
+        states = [json.loads(f.read_text()) for f in files]
+        if any(state != states[0] for state in states[1:]):
+            raise CheckpointMismatchError(
+                f"{directory} holds data-iterator states of {len(files)} processes that differ "
+                f"({files[0].name}: {states[0]}); they cannot be redistributed over "
+                f"{jax.process_count()} processes. Resume with the process count of the run."
+            )
+        logging.info(
+            "Data-iterator state of %d processes restored on %d (process-count invariant).",
+            len(files),
+            jax.process_count(),
+        )
+        return states[0]
+
+
+@ocp.args.register_with_handler(ProcessStateHandler, for_save=True)
+@dataclasses.dataclass
+class ProcessStateSave(ocp.args.CheckpointArgs):
+    """Save args of :class:`ProcessStateHandler` (this process's JSON-able state)."""
+
+    item: Mapping[str, Any]
+
+
+@ocp.args.register_with_handler(ProcessStateHandler, for_restore=True)
+@dataclasses.dataclass
+class ProcessStateRestore(ocp.args.CheckpointArgs):
+    """Restore args of :class:`ProcessStateHandler`."""
+
+    item: Any = None
+
+
 class RunCheckpointer:
     """Periodic/final/best checkpoints of one training run in ``workdir``.
 
@@ -100,23 +167,35 @@ class RunCheckpointer:
         self.manager = ocp.CheckpointManager(
             os.path.join(self.workdir, CHECKPOINT_DIR),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, **self._options),
-            item_names=("state", "meta"),
+            item_names=("state", "meta", DATA_ITER_ITEM),
         )
         self.best_manager = ocp.CheckpointManager(
             os.path.join(self.workdir, BEST_DIR),
             options=ocp.CheckpointManagerOptions(max_to_keep=1, **self._options),
-            item_names=("state", "meta"),
+            item_names=("state", "meta", DATA_ITER_ITEM),
         )
 
     # ------------------------------------------------------------------ saving
-    def save(self, step: int, state: Any, meta: Mapping[str, Any], best: bool = False) -> None:
-        """Save ``state`` and JSON ``meta`` at ``step`` (to the best slot if ``best``)."""
+    def save(
+        self,
+        step: int,
+        state: Any,
+        meta: Mapping[str, Any],
+        best: bool = False,
+        data_iter: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Save ``state``, JSON ``meta`` and this process's ``data_iter`` state at ``step``.
+
+        Called by every process with the same ``step`` (``state`` is the global sharded state;
+        ``meta`` is written by process 0); ``best`` saves to the best slot.
+        """
         manager = self.best_manager if best else self.manager
         if step in manager.all_steps():
             return  # already saved at this step (e.g. final save right after a periodic one)
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))
-        )
+        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta)))
+        if data_iter is not None:
+            items[DATA_ITER_ITEM] = ProcessStateSave(dict(data_iter))
+        args = ocp.args.Composite(**items)
         manager.save(step, args=args, force=True)
 
     def wait(self) -> None:
@@ -155,6 +234,8 @@ class RunCheckpointer:
     ) -> tuple[Any, dict[str, Any]]:
         """Restore ``(state, meta)`` onto ``abstract_state`` (leaves carry target shardings).
 
+        ``meta["data_iter"]`` is this process's data-iterator state (see the module docstring).
+
         Raises:
             CheckpointMismatchError: if the checkpoint was written for other parameter shapes.
         """
@@ -171,19 +252,21 @@ class RunCheckpointer:
                     f"(task {meta.get('task')!r}): {difference}. Use a new --workdir for this "
                     "config, or point --workdir at the run this config belongs to."
                 )
+        items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+        if os.path.isdir(os.path.join(directory, str(step), DATA_ITER_ITEM)):
+            items[DATA_ITER_ITEM] = ProcessStateRestore()
         try:
-            restored = manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-                ),
-            )
+            restored = manager.restore(step, args=ocp.args.Composite(**items))
         except (ValueError, KeyError, TypeError) as err:
             raise CheckpointMismatchError(
                 f"Cannot restore {directory}/{step} into the current train state ({err}). The "
                 "workdir probably holds a run of another config; use a new --workdir."
             ) from err
-        return restored["state"], dict(restored["meta"])
+        meta = dict(restored["meta"])
+        if DATA_ITER_ITEM in items:
+            # This process's own iterator state (older checkpoints keep process 0's in meta).
+            meta["data_iter"] = dict(restored[DATA_ITER_ITEM])
+        return restored["state"], meta
 
 
 def read_params(checkpoint_dir: str, which: str = "best") -> dict[str, np.ndarray]:

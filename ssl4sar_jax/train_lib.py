@@ -205,20 +205,45 @@ def numpy_predictor(
 
 # ---------------------------------------------------------------------------- helpers
 class _Preemption:
-    """SIGTERM -> request a save-and-exit at the next step boundary."""
+    """SIGTERM -> save-and-exit at a step boundary that every process agrees on.
+
+    One process: a Python SIGTERM handler sets a flag, checked after every step. Several
+    processes: JAX's preemption service (started by ``jax.distributed.initialize``) catches
+    SIGTERM on any process, tells the others through the coordination service and picks the
+    first step every process can still reach; :meth:`should_stop` returns True at that step on
+    all processes (``multihost_utils.reached_preemption_sync_point``), so they save the same step.
+    """
 
     def __init__(self):
         self.requested = threading.Event()
         self._previous = None
+        # jax.distributed.initialize starts the service unless the flag turns it off.
+        self._service = (
+            jax.process_count() > 1
+            and jax.distributed.is_initialized()
+            and bool(jax.config.jax_enable_preemption_service)
+        )
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if not self._service and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum, frame):
         logging.warning("SIGTERM received: saving a checkpoint, then exiting.")
         self.requested.set()
+
+    def should_stop(self, step: int) -> bool:
+        """Whether to save and exit after ``step`` (the same answer on every process)."""
+        if self._service:
+            stop = multihost_utils.reached_preemption_sync_point(step)
+            if stop:
+                logging.warning("Preemption: all processes save step %d, then exit.", step)
+            return stop
+        requested = self.requested.is_set()
+        if jax.process_count() > 1:  # no preemption service: agree by a collective
+            requested = bool(multihost_utils.process_allgather(np.asarray(requested)).any())
+        return requested
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -303,7 +328,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     init_fn = make_init_fn(task, tx, seed)
     abstract_state, abstract_rest = jax.eval_shape(init_fn)
     state_sh = sharding_lib.state_shardings(
-        abstract_state, mesh, [tuple(r) for r in config.get("sharding_rules", ())]
+        abstract_state,
+        mesh,
+        [tuple(r) for r in config.get("sharding_rules", ())],
+        preset=config.get("sharding", "replicated"),
     )
     rest_sh = sharding_lib.state_shardings(abstract_rest, mesh)
     graphdef = graphdef_of(task, seed)
@@ -436,7 +464,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         value = metrics.get(task.selection_metric)
         if _is_better(value, best_value, task.selection_mode):
             best_value = float(value)
-            checkpointer.save(step, state, meta_for(step), best=True)
+            checkpointer.save(
+                step, state, meta_for(step), best=True, data_iter=iterator.get_state()
+            )
             logging.info("new best %s = %.4f at step %d", task.selection_metric, value, step)
         return metrics
 
@@ -491,19 +521,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                 "opt_state": optim.set_learning_rate(state["opt_state"], new_lr),
                             }
                     progress.reset_timer(step)
-                preempted = preemption.requested.is_set()
-                if preempted:
-                    preempted = (
-                        bool(multihost_utils.process_allgather(np.asarray(preempted)).any())
-                        if jax.process_count() > 1
-                        else True
-                    )
+                preempted = preemption.should_stop(step)
                 periodic = (
                     config.checkpoint.every_steps > 0 and step % config.checkpoint.every_steps == 0
                 )
                 if periodic or step == total_steps or preempted:
                     flush_losses()
-                    checkpointer.save(step, state, meta_for(step))
+                    checkpointer.save(step, state, meta_for(step), data_iter=iterator.get_state())
                     last_saved = step
                 if preempted:
                     stopped = "preempted"
@@ -512,7 +536,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if max_steps and step >= max_steps:
                     # Simulated interruption (tests, time-boxed jobs): state is saved, exit cleanly.
                     flush_losses()
-                    checkpointer.save(step, state, meta_for(step))
+                    checkpointer.save(step, state, meta_for(step), data_iter=iterator.get_state())
                     last_saved = step
                     stopped = "stop_after_steps"
                     break
