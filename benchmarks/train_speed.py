@@ -29,7 +29,7 @@ def _child(args: argparse.Namespace) -> dict:
     import numpy as np
 
     sys.path.insert(0, REPO)
-    from ssl4sar_jax import optim, train_lib
+    from ssl4sar_jax import optim, steps
     from ssl4sar_jax import sharding as sharding_lib
     from ssl4sar_jax.models import ModelConfig
     from ssl4sar_jax.tasks.finetune import FinetuneTask
@@ -37,7 +37,7 @@ def _child(args: argparse.Namespace) -> dict:
     config = ml_collections.ConfigDict()
     config.task = "finetune"
     config.model = ModelConfig.named(args.model, img_size=args.size).to_dict()
-    config.data = dict(sampler=dict(context_size=args.size, centre_size=args.size // 2))
+    config.data = dict(sampler=dict(centre_size=args.size // 2))  # context = model.img_size
     config.loss = dict(
         ce_weights=(0.5, 0.5),
         dice_weights=(0.5, 0.5),
@@ -50,15 +50,15 @@ def _child(args: argparse.Namespace) -> dict:
     task = FinetuneTask(config)
     mesh = sharding_lib.make_mesh([("data", -1)])
     tx = optim.make_optimizer(config)
-    init_fn = train_lib.make_init_fn(task, tx, 0)
+    init_fn = steps.make_init_fn(task, tx, 0)
     abstract_state, abstract_rest = jax.eval_shape(init_fn)
     state_sh = sharding_lib.state_shardings(abstract_state, mesh)
     rest_sh = sharding_lib.state_shardings(abstract_rest, mesh)
     state, rest = jax.jit(init_fn, out_shardings=(state_sh, rest_sh))()
-    graphdef = train_lib.graphdef_of(task, 0)
+    graphdef = steps.graphdef_of(task, 0)
     repl = sharding_lib.replicated(mesh)
     step_fn = jax.jit(
-        train_lib.make_train_step(task, graphdef, tx, 1, mesh),
+        steps.make_train_step(task, graphdef, tx, 1, mesh),
         in_shardings=(state_sh, rest_sh, sharding_lib.batch_sharding(mesh), repl),
         out_shardings=(state_sh, repl),
         donate_argnums=(0,),
@@ -86,7 +86,7 @@ def _child(args: argparse.Namespace) -> dict:
         "model": args.model,
         "size": args.size,
         "batch": args.batch,
-        "params": train_lib.count_params(state["params"]),
+        "params": steps.count_params(state["params"]),
         "compile_plus_first_step_s": round(first, 2),
         "step_s_median": round(step_s, 3),
         "images_per_s": round(args.batch / step_s, 4),

@@ -12,7 +12,9 @@ Variant ``demo`` evaluates the fine-tuning demo (``/tmp/ft_demo``) on the synthe
 
 import ml_collections
 
-from ssl4sar_jax.models import ModelConfig
+from ssl4sar_jax.config_lib import load_sibling
+
+common = load_sibling(__file__, "common")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -25,12 +27,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task = "evaluate"
     c.num_cpu_devices = 0
     c.mesh = [("data", -1)]
-    c.model = ModelConfig.named("paper").to_dict()
+    c.model = common.model("paper")  # img_size = the context tile side
     c.checkpoints = ()  # run workdirs, checkpoint step dirs or .npz files (ensemble members)
     c.which = "best"  # for workdirs: "best" (lowest val MDE) or "latest"
     c.split = "test"
     c.tta = False
-    c.context_size = 512
     c.centre_size = 256
     c.stride = 128  # 128: overlapping tiles (reference test protocol); 256: non-overlapping
     c.stitch_mode = ""  # "" = gaussian when overlapping, else plain; or "gaussian" / "plain"
@@ -45,13 +46,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.prepare = True
     if variant == "demo":
         c.num_cpu_devices = 2
-        c.model = ModelConfig.named("tiny", img_size=128).to_dict()
+        c.model = common.model("tiny", img_size=128)
         c.checkpoints = ("/tmp/ft_demo",)
-        c.context_size = 128
         c.centre_size = 64
         c.stride = 32
         c.batch_size = 16
         c.data.config = "synthetic"
-        c.data.data_dir = "/tmp/ssl4sar_jax_data"
+        c.data.data_dir = common.SYNTHETIC_DATA_DIR
         c.max_overlays = 6
     return c

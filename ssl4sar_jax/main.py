@@ -70,14 +70,17 @@ def main(argv: list[str]) -> int:
         jax.process_count(),
         jax.devices(),
     )
-    if config.task == "evaluate":
-        from ssl4sar_jax.tasks.evaluate import evaluate
+    from ssl4sar_jax import tasks
 
-        evaluate(config, _WORKDIR.value)
-        return 0
-    from ssl4sar_jax import train_lib
+    entry = tasks.get_entry(config.task)
+    result = entry.run(config, _WORKDIR.value)
+    if entry.trains:
+        _log_summary(result)
+    return 0
 
-    summary = train_lib.train_and_evaluate(config, _WORKDIR.value)
+
+def _log_summary(summary: dict) -> None:
+    """First -> last validation metrics and how the run ended."""
     history = summary["val_history"]
     if history:
         first, last = history[0], history[-1]
@@ -97,7 +100,6 @@ def main(argv: list[str]) -> int:
         summary["final_step"],
         summary["wall_time_s"],
     )
-    return 0
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -1,41 +1,39 @@
-"""THE training loop of ssl4sar_jax: pretraining (OptSimMIM, OptTranslator) and fine-tuning.
+"""THE training loop of ssl4sar_jax: pretraining and fine-tuning through pluggable tasks.
 
-One loop, many tasks (``ssl4sar_jax.tasks``). The loop owns everything that is not the
-objective:
+`train_and_evaluate` reads top-down in sections (big_vision ``train.py`` style): set-up, state
+(init / resume / transfer), compiled steps, periodic actions, the loop, the summary. Each
+section calls a named helper of this module:
 
-* a device mesh and explicit shardings (batch on ``"data"``, state replicated or by rules);
-* the train state ``{"step", "params", "opt_state"}`` created by a jitted init with
-  ``out_shardings`` (never materialised on one device first);
-* a pure jitted ``train_step(state, batch, rng) -> (state, metrics)`` with donation; the dropout
-  key is ``fold_in(base_key, step)`` (then per micro-batch), so results do not depend on the
-  number of devices; gradient accumulation over ``config.grad_accum_steps`` micro-batches
-  (``lax.scan``) keeps the global batch fixed whatever the device count;
-* resume order: the workdir's latest checkpoint > ``config.init`` > scratch; checkpoints hold the
-  state, the data-iterator state and the reduce-on-plateau state; SIGTERM saves, then exits;
-* validation through the task (fine-tuning: stitched val images → fronts → MDE/IoU; pretraining:
-  val loss driving reduce-on-plateau), best checkpoint by the task's selection metric;
-* TensorBoard events, a JSONL history, console progress (steps/s, ETA), ``config.json`` and
-  ``run_info.json`` (parameter count) in the workdir, a curves PNG at the end;
-* a NaN/Inf guard that stops with the step number and keeps the last good checkpoint.
+* `make_mesh_for` and `validate_config`: devices, mesh and batch checks;
+* `setup_state`: the train state ``{"step", "params", "opt_state"}`` created by one jitted init
+  with ``out_shardings`` (never materialised on one device first), then either restored from
+  the workdir's latest checkpoint (with the data-iterator and reduce-on-plateau state) or
+  initialised from ``config.init`` (another run, ImageNet SwinV2 or a TYRION checkpoint);
+* `compile_steps`: the pure steps of `ssl4sar_jax.steps` jitted with explicit shardings;
+* periodic actions, small objects with ``due(loop)`` and ``run(loop, metrics)`` called after
+  every step in list order: `TrainLogger` (TensorBoard, JSONL history, steps/s and ETA),
+  `Validator` (the task's validation, best checkpoint, reduce-on-plateau), `StopCheck`
+  (SIGTERM preemption, ``config.stop_after_steps``), `Saver` (periodic / final / stop saves);
+* `LossGuard`: every step's loss is checked (on the host, before any action that logs or
+  saves), so a NaN/Inf stops the run with its step number and the last good checkpoint.
 
-Design anchors: big_vision ``train.py`` (jit + shardings, NaN guard, resume order), flax
-``examples/gemma/train.py`` and ``examples/lm1b`` (NNX + mesh + abstract init), MaxText
-``checkpointing.py`` (data iterator in the checkpoint, preemption save).
+The only state that changes while training is one `LoopState`; the task says what is trained
+(model, loss, data, validation) and the loop never asks which objective it runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -43,236 +41,143 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from ssl4sar_jax import checkpointing, metrics_lib, optim
+from ssl4sar_jax import checkpointing, metrics_lib, optim, steps
 from ssl4sar_jax import sharding as sharding_lib
 from ssl4sar_jax.tasks import base as task_base
 from ssl4sar_jax.tasks import get_task
 
-TrainState = dict[str, Any]
+TrainState = steps.TrainState
 
 
-# ---------------------------------------------------------------------------- state
-def make_init_fn(task: task_base.Task, tx: optax.GradientTransformation, seed: int):
-    """``init() -> (state, rest)``: fresh train state and non-parameter model variables."""
+# ---------------------------------------------------------------------------- the loop
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Train ``config.task`` in ``workdir`` (resuming if it holds a checkpoint).
 
-    def init():
-        model = task.build_model(seed)
-        _, params, rest = nnx.split(model, nnx.Param, ...)
-        params = nnx.to_pure_dict(params)
-        state = {
-            "step": jnp.zeros((), jnp.int32),
-            "params": params,
-            "opt_state": tx.init(params),
-        }
-        return state, nnx.to_pure_dict(rest)
+    Args:
+        config: A config from ``configs/pretrain.py`` or ``configs/finetune.py``.
+        workdir: Run directory (checkpoints, TensorBoard events, history, pictures).
 
-    return init
+    Returns:
+        Summary dict: ``final_step``, ``first_step``, ``train_metrics`` (last logged),
+        ``val_history`` (list of validation dicts), ``best`` (value), ``stopped`` (reason),
+        ``wall_time_s``, ``param_count``, ``init_report`` (when initialised from a checkpoint),
+        ``curves_png``.
 
-
-def graphdef_of(task: task_base.Task, seed: int) -> Any:
-    """The static graph definition of the task's model (no parameters allocated)."""
-    abstract_model = nnx.eval_shape(lambda: task.build_model(seed))
-    return nnx.split(abstract_model, nnx.Param, ...)[0]
-
-
-def count_params(params: Any) -> int:
-    """Number of scalar parameters of a parameter tree."""
-    return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))
-
-
-# ---------------------------------------------------------------------------- steps
-def make_train_step(
-    task: task_base.Task,
-    graphdef: Any,
-    tx: optax.GradientTransformation,
-    grad_accum_steps: int,
-    mesh: jax.sharding.Mesh,
-) -> Callable[[TrainState, Any, Mapping[str, jax.Array], jax.Array], tuple[TrainState, dict]]:
-    """The pure train step ``(state, rest, batch, base_key) -> (state, metrics)``.
-
-    Micro-batch ``a`` of ``A = grad_accum_steps`` is ``batch[a::A]`` (strided, so every device
-    holds an equal share of every micro-batch); gradients and metrics are averaged over the
-    micro-batches, as Lightning's ``accumulate_grad_batches`` does (loss / A per micro-batch).
+    Raises:
+        metrics_lib.NonFiniteLossError: when the loss becomes NaN/Inf.
+        checkpointing.CheckpointMismatchError: when the workdir holds another model's run.
     """
-    accum = int(grad_accum_steps)
+    t_start = time.perf_counter()
+    metrics_lib.quiet_orbax_logs()
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    os.makedirs(workdir, exist_ok=True)
 
-    def loss_on(params, rest, micro_batch, key):
-        model = nnx.merge(graphdef, params, rest)
-        return task.loss_fn(model, micro_batch, key)
+    # ----------------------------------------------------------------- set-up
+    task = get_task(config)
+    mesh = make_mesh_for(config)
+    validate_config(config, sharding_lib.data_size(mesh))
+    # Data first: a missing dataset must fail before any compilation or checkpoint work.
+    sources = task.prepare_data()
+    iterator = task.train_iterator(sources, int(config.seed))
+    checkpointer = checkpointing.RunCheckpointer(
+        workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
+    )
+    plateau = make_plateau(config, task)
 
-    grad_fn = jax.value_and_grad(loss_on, has_aux=True)
+    # ----------------------------------------------------------------- state
+    setup = setup_state(config, task, mesh, checkpointer, iterator, plateau)
+    write_run_files(config, task, mesh, workdir, setup)
+    loop = LoopState(
+        state=setup.state,
+        step=setup.first_step,
+        best=setup.best,
+        last_saved=checkpointer.latest_step(),
+    )
 
-    def train_step(state, rest, batch, base_key):
-        params = state["params"]
-        key = jax.random.fold_in(base_key, state["step"])
-        if accum == 1:
-            (_, metrics), grads = grad_fn(params, rest, batch, jax.random.fold_in(key, 0))
-        else:
+    # ----------------------------------------------------------------- compiled steps
+    compiled = compile_steps(config, task, mesh, setup)
+    base_key = jax.random.key(int(config.seed) + 1)
 
-            def split(x):
-                micro = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
-                spec = jax.sharding.PartitionSpec(None, sharding_lib.DATA_AXIS)
-                return jax.lax.with_sharding_constraint(
-                    micro, jax.sharding.NamedSharding(mesh, spec)
-                )
+    # ----------------------------------------------------------------- periodic actions
+    writer = metrics_lib.MetricWriter(workdir, resume_step=setup.first_step)
+    if setup.first_step == 0:
+        writer.write_text("config", config.to_json_best_effort(indent=2))
+    progress = metrics_lib.ProgressReporter(
+        int(config.total_steps), setup.first_step, config.batch_size, config.log_every_steps
+    )
+    meta = CheckpointMeta(config, task, setup, iterator, plateau)
+    guard = LossGuard()
+    preemption = Preemption()
+    validator = Validator(config, task, sources, compiled, setup.rest, mesh, workdir)
+    validator.connect(writer, progress, checkpointer, meta)
+    actions: list[PeriodicAction] = [
+        TrainLogger(config, writer, progress),
+        validator,
+        PlateauScheduler(config, task, plateau),
+        StopCheck(config, preemption),
+        Saver(config, checkpointer, meta),
+    ]
 
-            micro_batches = jax.tree.map(split, dict(batch))
+    # ----------------------------------------------------------------- train
+    total_steps = int(config.total_steps)
+    if setup.first_step == 0 and config.val.at_start and config.val.every_steps > 0:
+        validator.run(loop, {})
+    try:
+        with preemption:
+            progress.reset_timer(loop.step)
+            while loop.step < total_steps and loop.stopped == "completed":
+                local_batch = next(iterator)
+                local_batch = {k: local_batch[k] for k in task.batch_spec(1)}
+                batch = sharding_lib.make_global_batch(local_batch, mesh)
+                loop.state, metrics = compiled.train(loop.state, setup.rest, batch, base_key)
+                loop.step += 1
+                guard.add(loop.step, metrics["loss"])
+                if loop.step == setup.first_step + 1:
+                    progress.reset_timer(loop.step)  # exclude compilation from steps/s
+                for action in actions:
+                    if action.due(loop):
+                        guard.flush(loop.last_saved)  # no log or save after a NaN/Inf
+                        action.run(loop, metrics)
+    finally:
+        # Pending async saves are committed even when the run stops on an error.
+        checkpointer.close()
+        writer.flush()
+        writer.close()
 
-            def body(carry, xs):
-                grad_sum, metric_sum = carry
-                micro_batch, index = xs
-                (_, m), g = grad_fn(params, rest, micro_batch, jax.random.fold_in(key, index))
-                return (
-                    jax.tree.map(jnp.add, grad_sum, g),
-                    jax.tree.map(jnp.add, metric_sum, m),
-                ), None
-
-            first = jax.tree.map(lambda x: x[0], micro_batches)
-            metric_shapes = jax.eval_shape(lambda: grad_fn(params, rest, first, key)[0][1])
-            zeros = (
-                jax.tree.map(jnp.zeros_like, params),
-                jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes),
-            )
-            (grad_sum, metric_sum), _ = jax.lax.scan(
-                body, zeros, (micro_batches, jnp.arange(accum))
-            )
-            grads = jax.tree.map(lambda g: g / accum, grad_sum)
-            metrics = jax.tree.map(lambda m: m / accum, metric_sum)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
-        metrics = dict(metrics)
-        metrics["l2_grads"] = optax.tree.norm(grads)
-        metrics["l2_params"] = optax.tree.norm(new_params)
-        metrics["lr"] = jnp.asarray(opt_state.hyperparams["learning_rate"], jnp.float32)
-        new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
-        return new_state, metrics
-
-    return train_step
-
-
-def make_eval_loss_fn(task: task_base.Task, graphdef: Any):
-    """``(params, rest, batch) -> metrics`` in evaluation mode (no dropout)."""
-
-    def eval_loss(params, rest, batch):
-        model = nnx.merge(graphdef, params, rest)
-        _, metrics = task.loss_fn(model, batch, None)
-        return metrics
-
-    return eval_loss
-
-
-def make_predict_fn(task: task_base.Task, graphdef: Any):
-    """``(params, rest, sar) -> logits`` in evaluation mode."""
-
-    def predict(params, rest, sar):
-        return task.predict(nnx.merge(graphdef, params, rest), sar)
-
-    return predict
-
-
-def numpy_predictor(
-    predict_jit: Callable, params: Any, rest: Any, mesh: jax.sharding.Mesh, batch_size: int
-) -> Callable[[np.ndarray], np.ndarray]:
-    """Wrap a jitted predict into numpy ``[N, S, S, 1] -> [N, S, S, K]`` with a fixed batch.
-
-    Inputs are padded to ``batch_size`` (one compilation). With several processes every process
-    passes the same tiles; each contributes its slice and the output is gathered.
-    """
-    processes = jax.process_count()
-
-    def predict_fn(tiles: np.ndarray) -> np.ndarray:
-        tiles = np.asarray(tiles, np.float32)
-        outputs = []
-        for start in range(0, len(tiles), batch_size):
-            chunk = tiles[start : start + batch_size]
-            count = len(chunk)
-            if count < batch_size:
-                pad = np.zeros((batch_size - count, *chunk.shape[1:]), chunk.dtype)
-                chunk = np.concatenate([chunk, pad])
-            per_process = batch_size // processes
-            local = chunk[
-                jax.process_index() * per_process : (jax.process_index() + 1) * per_process
-            ]
-            global_sar = sharding_lib.make_global_batch({"sar": local}, mesh)["sar"]
-            logits = predict_jit(params, rest, global_sar)
-            if processes > 1:
-                logits = multihost_utils.process_allgather(logits, tiled=True)
-            outputs.append(np.asarray(logits)[:count])
-        return np.concatenate(outputs)
-
-    return predict_fn
-
-
-# ---------------------------------------------------------------------------- helpers
-class _Preemption:
-    """SIGTERM -> save-and-exit at a step boundary that every process agrees on.
-
-    One process: a Python SIGTERM handler sets a flag, checked after every step. Several
-    processes: JAX's preemption service (started by ``jax.distributed.initialize``) catches
-    SIGTERM on any process, tells the others through the coordination service and picks the
-    first step every process can still reach; :meth:`should_stop` returns True at that step on
-    all processes (``multihost_utils.reached_preemption_sync_point``), so they save the same step.
-    """
-
-    def __init__(self):
-        self.requested = threading.Event()
-        self._previous = None
-        # jax.distributed.initialize starts the service unless the flag turns it off.
-        self._service = (
-            jax.process_count() > 1
-            and jax.distributed.is_initialized()
-            and bool(jax.config.jax_enable_preemption_service)
+    # ----------------------------------------------------------------- summary
+    curves = None
+    if jax.process_index() == 0:
+        curves = metrics_lib.plot_curves(
+            workdir, title=f"{config.task} {task.objective} ({config.get('name', '')})"
         )
-
-    def __enter__(self):
-        if not self._service and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: saving a checkpoint, then exiting.")
-        self.requested.set()
-
-    def should_stop(self, step: int) -> bool:
-        """Whether to save and exit after ``step`` (the same answer on every process)."""
-        if self._service:
-            stop = multihost_utils.reached_preemption_sync_point(step)
-            if stop:
-                logging.warning("Preemption: all processes save step %d, then exit.", step)
-            return stop
-        requested = self.requested.is_set()
-        if jax.process_count() > 1:  # no preemption service: agree by a collective
-            requested = bool(multihost_utils.process_allgather(np.asarray(requested)).any())
-        return requested
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+    wall = time.perf_counter() - t_start
+    logging.info("Run %s at step %d in %.1f s; curves: %s", loop.stopped, loop.step, wall, curves)
+    return {
+        "first_step": setup.first_step,
+        "final_step": loop.step,
+        "train_metrics": loop.train_metrics,
+        "val_history": loop.val_history,
+        "best": loop.best,
+        "stopped": loop.stopped,
+        "wall_time_s": wall,
+        "param_count": setup.param_count,
+        "init_report": setup.init_report,
+        "curves_png": curves,
+    }
 
 
-def _is_better(value: float, best: float | None, mode: str) -> bool:
-    if value is None or not math.isfinite(value):
-        return False
-    if best is None:
-        return True
-    return value < best if mode == "min" else value > best
-
-
-def _write_json(path: str, payload: Mapping[str, Any]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
-
-
-def _devices(config: ml_collections.ConfigDict) -> list[jax.Device]:
+# ---------------------------------------------------------------------------- set-up
+def make_mesh_for(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """The device mesh of ``config.mesh`` over the first ``config.num_devices`` devices."""
     devices = jax.devices()
     count = int(config.get("num_devices", 0) or 0)
     if count:
         if count > len(devices):
             raise ValueError(f"config.num_devices={count} but only {len(devices)} devices exist")
         devices = devices[:count]
-    return devices
+    mesh = sharding_lib.make_mesh([tuple(a) for a in config.mesh], devices)
+    logging.info("Task %s on %d device(s), mesh %s", config.task, len(devices), dict(mesh.shape))
+    return mesh
 
 
 def validate_config(config: ml_collections.ConfigDict, data_devices: int) -> None:
@@ -292,40 +197,90 @@ def validate_config(config: ml_collections.ConfigDict, data_devices: int) -> Non
         raise ValueError(f"config.total_steps must be positive, got {config.total_steps}")
 
 
-# ---------------------------------------------------------------------------- the loop
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train ``config.task`` in ``workdir`` (resuming if it holds a checkpoint).
+def make_plateau(
+    config: ml_collections.ConfigDict, task: task_base.Task
+) -> optim.ReduceLROnPlateau | None:
+    """Reduce-on-plateau on the task's ``plateau_metric`` when ``config.optim.plateau`` is on."""
+    p = config.optim.get("plateau", None)
+    if not task.plateau_metric or not p or not p.enabled:
+        return None
+    return optim.ReduceLROnPlateau(
+        config.optim.learning_rate,
+        factor=p.factor,
+        patience=p.patience,
+        threshold=p.threshold,
+        cooldown=p.cooldown,
+        min_lr=p.min_lr,
+    )
 
-    Args:
-        config: A config from ``configs/pretrain.py`` or ``configs/finetune.py``.
-        workdir: Run directory (checkpoints, TensorBoard events, history, pictures).
 
-    Returns:
-        Summary dict: ``final_step``, ``first_step``, ``train_metrics`` (last logged),
-        ``val_history`` (list of validation dicts), ``best`` (value), ``stopped`` (reason),
-        ``wall_time_s``, ``param_count``, ``init_report`` (when initialised from a checkpoint).
+def write_json_atomic(path: str, payload: Mapping[str, Any]) -> None:
+    """Writes ``payload`` as JSON to a temporary file, then renames it over ``path``."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
 
-    Raises:
-        metrics_lib.NonFiniteLossError: when the loss becomes NaN/Inf.
-        checkpointing.CheckpointMismatchError: when the workdir holds another model's run.
+
+def write_run_files(config, task, mesh, workdir: str, setup: StateSetup) -> None:
+    """``config.json`` and ``run_info.json`` (parameter count, mesh, init report) in the workdir."""
+    logging.info("Model has %s parameters", f"{setup.param_count:,}")
+    if jax.process_index() != 0:
+        return
+    write_json_atomic(
+        os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
+    )
+    info = {
+        "task": config.task,
+        "objective": task.objective,
+        "param_count": setup.param_count,
+        "num_devices": mesh.devices.size,
+        "mesh": dict(mesh.shape),
+        "process_count": jax.process_count(),
+        "model": task.model_config.to_dict(),
+    }
+    report = setup.init_report
+    if report is not None:
+        info["init_report"] = {k: len(v) for k, v in report.items()}
+        info["init_missing"] = report["missing"]
+        info["init_unexpected"] = report["unexpected"]
+    write_json_atomic(os.path.join(workdir, "run_info.json"), info)
+
+
+# ---------------------------------------------------------------------------- state
+@dataclasses.dataclass
+class StateSetup:
+    """The train state at the first step, its shardings and how it was obtained."""
+
+    state: TrainState
+    rest: Any  # non-parameter model variables (fixed during training)
+    state_sh: Any
+    rest_sh: Any
+    graphdef: Any
+    tx: optax.GradientTransformation
+    expected_shapes: dict[str, list[int]]
+    param_count: int
+    first_step: int
+    best: float | None = None
+    init_report: dict[str, list[str]] | None = None
+    resumed_from: int | None = None
+
+
+def setup_state(
+    config: ml_collections.ConfigDict,
+    task: task_base.Task,
+    mesh: jax.sharding.Mesh,
+    checkpointer: checkpointing.RunCheckpointer,
+    iterator: Any,
+    plateau: optim.ReduceLROnPlateau | None,
+) -> StateSetup:
+    """Creates the sharded state; resumes (workdir) > ``config.init`` > scratch.
+
+    On resume the data iterator and the plateau scheduler are restored in place.
     """
-    t_start = time.perf_counter()
-    metrics_lib.quiet_orbax_logs()
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    os.makedirs(workdir, exist_ok=True)
-    task = get_task(config)
-    devices = _devices(config)
-    mesh = sharding_lib.make_mesh([tuple(a) for a in config.mesh], devices)
-    data_devices = sharding_lib.data_size(mesh)
-    validate_config(config, data_devices)
-    logging.info("Task %s on %d device(s), mesh %s", config.task, len(devices), dict(mesh.shape))
-
-    # Data first: a missing dataset must fail before any compilation or checkpoint work.
-    sources = task.prepare_data()
-
     tx = optim.make_optimizer(config)
     seed = int(config.seed)
-    init_fn = make_init_fn(task, tx, seed)
+    init_fn = steps.make_init_fn(task, tx, seed)
     abstract_state, abstract_rest = jax.eval_shape(init_fn)
     state_sh = sharding_lib.state_shardings(
         abstract_state,
@@ -334,239 +289,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         preset=config.get("sharding", "replicated"),
     )
     rest_sh = sharding_lib.state_shardings(abstract_rest, mesh)
-    graphdef = graphdef_of(task, seed)
-    expected_shapes = checkpointing.param_shapes(abstract_state["params"])
-    param_count = count_params(abstract_state["params"])
-
-    checkpointer = checkpointing.RunCheckpointer(
-        workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
+    setup = StateSetup(
+        state=None,
+        rest=None,
+        state_sh=state_sh,
+        rest_sh=rest_sh,
+        graphdef=steps.graphdef_of(task, seed),
+        tx=tx,
+        expected_shapes=checkpointing.param_shapes(abstract_state["params"]),
+        param_count=steps.count_params(abstract_state["params"]),
+        first_step=0,
     )
-    plateau = None
-    if task.plateau_metric and config.optim.get("plateau", None) and config.optim.plateau.enabled:
-        p = config.optim.plateau
-        plateau = optim.ReduceLROnPlateau(
-            config.optim.learning_rate,
-            factor=p.factor,
-            patience=p.patience,
-            threshold=p.threshold,
-            cooldown=p.cooldown,
-            min_lr=p.min_lr,
-        )
-    best_value = None
-    init_report = None
-    iterator = task.train_iterator(sources, seed)
-
     # One jitted init creates the sharded state directly (never materialised on one device).
-    state, rest = jax.jit(init_fn, out_shardings=(state_sh, rest_sh))()
+    state, setup.rest = jax.jit(init_fn, out_shardings=(state_sh, rest_sh))()
     latest = checkpointer.latest_step()
     if latest is not None:
         # Resume: the workdir's own checkpoint wins over config.init.
-        logging.info("Resuming from %s/checkpoints/%d", workdir, latest)
+        logging.info("Resuming from %s/checkpoints/%d", checkpointer.workdir, latest)
         abstract_target = sharding_lib.with_shardings(abstract_state, state_sh)
         del state  # free the fresh state before restoring
-        state, meta = checkpointer.restore(abstract_target, expected_shapes)
+        state, meta = checkpointer.restore(abstract_target, setup.expected_shapes)
         if meta.get("data_iter") is not None:
             iterator.set_state(meta["data_iter"])
         if plateau is not None and meta.get("plateau"):
             plateau.load_state_dict(meta["plateau"])
-        best_value = meta.get("best")
+        setup.best = meta.get("best")
+        setup.resumed_from = latest
     else:
-        state, init_report = _initialise_from(config, task, state, state_sh, tx)
-    first_step = int(jax.device_get(state["step"]))
-
-    if jax.process_index() == 0:
-        _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
-        info = {
-            "task": config.task,
-            "objective": task.objective,
-            "param_count": param_count,
-            "num_devices": len(devices),
-            "mesh": dict(mesh.shape),
-            "process_count": jax.process_count(),
-            "model": task.model_config.to_dict(),
-        }
-        if init_report is not None:
-            info["init_report"] = {k: len(v) for k, v in init_report.items()}
-            info["init_missing"] = init_report["missing"]
-            info["init_unexpected"] = init_report["unexpected"]
-        _write_json(os.path.join(workdir, "run_info.json"), info)
-    logging.info("Model has %s parameters", f"{param_count:,}")
-
-    writer = metrics_lib.MetricWriter(workdir, resume_step=first_step)
-    if first_step == 0:
-        writer.write_text("config", config.to_json_best_effort(indent=2))
-
-    batch_sh = sharding_lib.batch_sharding(mesh)
-    repl = sharding_lib.replicated(mesh)
-    train_step = jax.jit(
-        make_train_step(task, graphdef, tx, config.grad_accum_steps, mesh),
-        in_shardings=(state_sh, rest_sh, batch_sh, repl),
-        out_shardings=(state_sh, repl),
-        donate_argnums=(0,),
-    )
-    eval_loss_jit = jax.jit(
-        make_eval_loss_fn(task, graphdef),
-        in_shardings=(state_sh["params"], rest_sh, batch_sh),
-        out_shardings=repl,
-    )
-    predict_jit = None
-    if task.objective == "segment":
-        predict_jit = jax.jit(
-            make_predict_fn(task, graphdef),
-            in_shardings=(state_sh["params"], rest_sh, batch_sh),
-            out_shardings=batch_sh,
-        )
-    base_key = jax.random.key(seed + 1)
-
-    def to_global(local):
-        return sharding_lib.make_global_batch(local, mesh)
-
-    def meta_for(step: int) -> dict[str, Any]:
-        return {
-            "task": config.task,
-            "objective": task.objective,
-            "step": step,
-            "param_shapes": expected_shapes,
-            "data_iter": iterator.get_state(),
-            "plateau": plateau.state_dict() if plateau is not None else None,
-            "best": best_value,
-            "selection_metric": task.selection_metric,
-        }
-
-    val_history: list[dict[str, float]] = []
-
-    def run_validation(step: int) -> dict[str, float]:
-        nonlocal best_value
-        t0 = time.perf_counter()
-        val_every = config.val.every_steps
-        out_dir = None
-        if config.val.get("write_pictures_every", 0) and jax.process_index() == 0:
-            cadence = config.val.write_pictures_every * max(1, val_every)
-            if step % cadence == 0 or step == config.total_steps:
-                out_dir = os.path.join(workdir, "val", f"step_{step:06d}")
-        ctx = task_base.ValidationContext(
-            predict_fn=(
-                numpy_predictor(predict_jit, state["params"], rest, mesh, config.val.batch_size)
-                if predict_jit is not None
-                else None
-            ),
-            eval_loss_fn=lambda batch: jax.device_get(eval_loss_jit(state["params"], rest, batch)),
-            make_global_batch=to_global,
-            step=step,
-            out_dir=out_dir,
-        )
-        metrics = task.validate(sources, ctx)
-        metrics["val/seconds"] = time.perf_counter() - t0
-        writer.write_scalars(step, metrics)
-        shown = {k: round(v, 4) for k, v in metrics.items() if k.count("/") <= 2}
-        logging.info("validation at step %d: %s", step, shown)
-        val_history.append({"step": step, **metrics})
-        value = metrics.get(task.selection_metric)
-        if _is_better(value, best_value, task.selection_mode):
-            best_value = float(value)
-            checkpointer.save(
-                step, state, meta_for(step), best=True, data_iter=iterator.get_state()
-            )
-            logging.info("new best %s = %.4f at step %d", task.selection_metric, value, step)
-        return metrics
-
-    total_steps = int(config.total_steps)
-    progress = metrics_lib.ProgressReporter(
-        total_steps, first_step, config.batch_size, config.log_every_steps
-    )
-    pending_losses: list[tuple[int, jax.Array]] = []
-    last_saved = checkpointer.latest_step()
-    train_metrics: dict[str, float] = {}
-    stopped = "completed"
-
-    def flush_losses():
-        """Check every step's loss since the last check (exact step of a NaN/Inf)."""
-        values = jax.device_get([v for _, v in pending_losses])
-        for (s, _), v in zip(pending_losses, values, strict=True):
-            metrics_lib.check_finite({"loss": float(v)}, s, last_saved)
-        pending_losses.clear()
-
-    if first_step == 0 and config.val.at_start and config.val.every_steps > 0:
-        run_validation(0)
-    step = first_step
-    try:
-        with _Preemption() as preemption:
-            progress.reset_timer(step)
-            while step < total_steps:
-                local_batch = next(iterator)
-                local_batch = {k: local_batch[k] for k in task.batch_spec(1)}
-                batch = to_global(local_batch)
-                state, metrics = train_step(state, rest, batch, base_key)
-                step += 1
-                pending_losses.append((step, metrics["loss"]))
-                if step == first_step + 1:
-                    progress.reset_timer(step)  # exclude compilation from steps/s
-                if step % config.log_every_steps == 0 or step == total_steps:
-                    flush_losses()
-                    train_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    scalars = {f"train/{k}": v for k, v in train_metrics.items()}
-                    scalars.update(progress.update(step, train_metrics))
-                    writer.write_scalars(step, scalars)
-                val_every = config.val.every_steps
-                if val_every > 0 and (step % val_every == 0 or step == total_steps):
-                    flush_losses()
-                    metrics_val = run_validation(step)
-                    if plateau is not None:
-                        reductions = plateau.num_reductions
-                        new_lr = plateau.step(metrics_val[task.plateau_metric])
-                        if plateau.num_reductions > reductions:
-                            logging.info("reduce-on-plateau: learning rate -> %g", new_lr)
-                            state = {
-                                **state,
-                                "opt_state": optim.set_learning_rate(state["opt_state"], new_lr),
-                            }
-                    progress.reset_timer(step)
-                preempted = preemption.should_stop(step)
-                periodic = (
-                    config.checkpoint.every_steps > 0 and step % config.checkpoint.every_steps == 0
-                )
-                if periodic or step == total_steps or preempted:
-                    flush_losses()
-                    checkpointer.save(step, state, meta_for(step), data_iter=iterator.get_state())
-                    last_saved = step
-                if preempted:
-                    stopped = "preempted"
-                    break
-                max_steps = int(config.get("stop_after_steps", 0) or 0)
-                if max_steps and step >= max_steps:
-                    # Simulated interruption (tests, time-boxed jobs): state is saved, exit cleanly.
-                    flush_losses()
-                    checkpointer.save(step, state, meta_for(step), data_iter=iterator.get_state())
-                    last_saved = step
-                    stopped = "stop_after_steps"
-                    break
-    finally:
-        # Pending async saves are committed even when the run stops on an error.
-        checkpointer.close()
-        writer.flush()
-        writer.close()
-    curves = None
-    if jax.process_index() == 0:
-        curves = metrics_lib.plot_curves(
-            workdir, title=f"{config.task} {task.objective} ({config.get('name', '')})"
-        )
-    wall = time.perf_counter() - t_start
-    logging.info("Run %s at step %d in %.1f s; curves: %s", stopped, step, wall, curves)
-    return {
-        "first_step": first_step,
-        "final_step": step,
-        "train_metrics": train_metrics,
-        "val_history": val_history,
-        "best": best_value,
-        "stopped": stopped,
-        "wall_time_s": wall,
-        "param_count": param_count,
-        "init_report": init_report,
-        "curves_png": curves,
-    }
+        state, setup.init_report = initialise_from(config, task, state, state_sh, tx)
+    setup.state = state
+    setup.first_step = int(jax.device_get(state["step"]))
+    return setup
 
 
-def _initialise_from(config, task, state, state_sh, tx):
+def initialise_from(config, task, state, state_sh, tx):
     """Apply ``config.init`` to a fresh state (fresh optimiser state for the loaded params)."""
     mode = config.init.mode
     if mode in ("", "scratch", None):
@@ -622,3 +378,302 @@ def _init_from_torch(config, task, host_params, mode):
         "missing": list(report.missing) + list(report.left_out),
         "unexpected": list(report.unexpected) + [k for k, _ in report.skipped],
     }
+
+
+# ---------------------------------------------------------------------------- compiled steps
+@dataclasses.dataclass(frozen=True)
+class CompiledSteps:
+    """The jitted steps: ``train`` always, ``eval_loss`` always, ``predict`` for zone tasks."""
+
+    train: Any
+    eval_loss: Any
+    predict: Any | None
+
+
+def compile_steps(config, task: task_base.Task, mesh, setup: StateSetup) -> CompiledSteps:
+    """Jit the pure steps of `ssl4sar_jax.steps` with the run's shardings (state donated)."""
+    batch_sh = sharding_lib.batch_sharding(mesh)
+    repl = sharding_lib.replicated(mesh)
+    params_sh = setup.state_sh["params"]
+    train = jax.jit(
+        steps.make_train_step(task, setup.graphdef, setup.tx, config.grad_accum_steps, mesh),
+        in_shardings=(setup.state_sh, setup.rest_sh, batch_sh, repl),
+        out_shardings=(setup.state_sh, repl),
+        donate_argnums=(0,),
+    )
+    eval_loss = jax.jit(
+        steps.make_eval_loss_fn(task, setup.graphdef),
+        in_shardings=(params_sh, setup.rest_sh, batch_sh),
+        out_shardings=repl,
+    )
+    predict = None
+    if task.predicts_zones:
+        predict = jax.jit(
+            steps.make_predict_fn(setup.graphdef, task.predict),
+            in_shardings=(params_sh, setup.rest_sh, batch_sh),
+            out_shardings=batch_sh,
+        )
+    return CompiledSteps(train, eval_loss, predict)
+
+
+# ---------------------------------------------------------------------------- loop state
+@dataclasses.dataclass
+class LoopState:
+    """Everything that changes while training (the periodic actions read and update it)."""
+
+    state: TrainState
+    step: int
+    best: float | None = None
+    last_saved: int | None = None
+    train_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    val_history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    stopped: str = "completed"  # or "preempted" / "stop_after_steps"
+
+    @property
+    def stopping(self) -> bool:
+        return self.stopped != "completed"
+
+
+class LossGuard:
+    """Every step's loss is checked on the host before anything is logged or saved.
+
+    Losses stay on the device until `flush`, so the check does not synchronise every step; the
+    NaN/Inf error names the exact step and the last good checkpoint.
+    """
+
+    def __init__(self):
+        self._pending: list[tuple[int, jax.Array]] = []
+
+    def add(self, step: int, loss: jax.Array) -> None:
+        self._pending.append((step, loss))
+
+    def flush(self, last_saved: int | None) -> None:
+        values = jax.device_get([v for _, v in self._pending])
+        for (step, _), value in zip(self._pending, values, strict=True):
+            metrics_lib.check_finite({"loss": float(value)}, step, last_saved)
+        self._pending.clear()
+
+
+class CheckpointMeta:
+    """The metadata saved with every checkpoint (task, shapes, data iterator, plateau, best)."""
+
+    def __init__(self, config, task, setup: StateSetup, iterator, plateau):
+        self.config, self.task, self.setup = config, task, setup
+        self.iterator, self.plateau = iterator, plateau
+
+    def __call__(self, loop: LoopState) -> dict[str, Any]:
+        return {
+            "task": self.config.task,
+            "objective": self.task.objective,
+            "step": loop.step,
+            "param_shapes": self.setup.expected_shapes,
+            "data_iter": self.iterator.get_state(),
+            "plateau": self.plateau.state_dict() if self.plateau is not None else None,
+            "best": loop.best,
+            "selection_metric": self.task.selection_metric,
+        }
+
+    def data_iter(self) -> dict[str, Any]:
+        """This process's data-iterator state (saved per process, see checkpointing)."""
+        return self.iterator.get_state()
+
+
+# ---------------------------------------------------------------------------- periodic actions
+class PeriodicAction:
+    """Runs after a train step when `due`; called in list order by the loop."""
+
+    def due(self, loop: LoopState) -> bool:
+        raise NotImplementedError
+
+    def run(self, loop: LoopState, metrics: Mapping[str, jax.Array]) -> None:
+        raise NotImplementedError
+
+
+def _every(step: int, every: int, total: int) -> bool:
+    """True at multiples of ``every`` (> 0) and at the last step."""
+    return every > 0 and (step % every == 0 or step == total)
+
+
+class TrainLogger(PeriodicAction):
+    """Train metrics to TensorBoard / JSONL and steps/s + ETA to the console."""
+
+    def __init__(self, config, writer: metrics_lib.MetricWriter, progress):
+        self.every, self.total = int(config.log_every_steps), int(config.total_steps)
+        self.writer, self.progress = writer, progress
+
+    def due(self, loop):
+        return _every(loop.step, self.every, self.total)
+
+    def run(self, loop, metrics):
+        loop.train_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        scalars = {f"train/{k}": v for k, v in loop.train_metrics.items()}
+        scalars.update(self.progress.update(loop.step, loop.train_metrics))
+        self.writer.write_scalars(loop.step, scalars)
+
+
+class Validator(PeriodicAction):
+    """The task's validation with the current parameters; saves the best checkpoint."""
+
+    def __init__(self, config, task, sources, compiled: CompiledSteps, rest, mesh, workdir):
+        self.config, self.task, self.sources = config, task, sources
+        self.compiled, self.rest, self.mesh, self.workdir = compiled, rest, mesh, workdir
+        self.every, self.total = int(config.val.every_steps), int(config.total_steps)
+
+    def connect(self, writer, progress, checkpointer, meta: CheckpointMeta) -> None:
+        """Where results go: scalars, the progress timer and the best checkpoint."""
+        self.writer, self.progress = writer, progress
+        self.checkpointer, self.meta = checkpointer, meta
+
+    def due(self, loop):
+        return _every(loop.step, self.every, self.total)
+
+    def _pictures_dir(self, step: int) -> str | None:
+        every = self.config.val.get("write_pictures_every", 0)
+        if not every or jax.process_index() != 0:
+            return None
+        if step % (every * max(1, self.every)) == 0 or step == self.total:
+            return os.path.join(self.workdir, "val", f"step_{step:06d}")
+        return None
+
+    def _context(self, loop: LoopState) -> task_base.ValidationContext:
+        params, rest = loop.state["params"], self.rest
+        predict_fn = None
+        if self.compiled.predict is not None:
+            predict_fn = steps.numpy_predictor(
+                self.compiled.predict, params, rest, self.mesh, self.config.val.batch_size
+            )
+        return task_base.ValidationContext(
+            predict_fn=predict_fn,
+            eval_loss_fn=lambda b: jax.device_get(self.compiled.eval_loss(params, rest, b)),
+            make_global_batch=lambda local: sharding_lib.make_global_batch(local, self.mesh),
+            step=loop.step,
+            out_dir=self._pictures_dir(loop.step),
+        )
+
+    def run(self, loop, metrics):
+        t0 = time.perf_counter()
+        result = self.task.validate(self.sources, self._context(loop))
+        result["val/seconds"] = time.perf_counter() - t0
+        self.writer.write_scalars(loop.step, result)
+        shown = {k: round(v, 4) for k, v in result.items() if k.count("/") <= 2}
+        logging.info("validation at step %d: %s", loop.step, shown)
+        loop.val_history.append({"step": loop.step, **result})
+        metric = self.task.selection_metric
+        value = result.get(metric)
+        if _is_better(value, loop.best, self.task.selection_mode):
+            loop.best = float(value)
+            self.checkpointer.save(
+                loop.step, loop.state, self.meta(loop), best=True, data_iter=self.meta.data_iter()
+            )
+            logging.info("new best %s = %.4f at step %d", metric, value, loop.step)
+        self.progress.reset_timer(loop.step)  # validation time is not training time
+
+
+class PlateauScheduler(PeriodicAction):
+    """Reduce-on-plateau on the validation that just ran (not on the one at step 0)."""
+
+    def __init__(self, config, task, plateau: optim.ReduceLROnPlateau | None):
+        self.task, self.plateau = task, plateau
+        self.every, self.total = int(config.val.every_steps), int(config.total_steps)
+
+    def due(self, loop):
+        return self.plateau is not None and _every(loop.step, self.every, self.total)
+
+    def run(self, loop, metrics):
+        reductions = self.plateau.num_reductions
+        new_lr = self.plateau.step(loop.val_history[-1][self.task.plateau_metric])
+        if self.plateau.num_reductions > reductions:
+            logging.info("reduce-on-plateau: learning rate -> %g", new_lr)
+            opt_state = optim.set_learning_rate(loop.state["opt_state"], new_lr)
+            loop.state = {**loop.state, "opt_state": opt_state}
+
+
+def _is_better(value: float | None, best: float | None, mode: str) -> bool:
+    if value is None or not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value < best if mode == "min" else value > best
+
+
+class Preemption:
+    """SIGTERM -> save-and-exit at a step boundary that every process agrees on.
+
+    One process: a Python SIGTERM handler sets a flag, checked after every step. Several
+    processes: JAX's preemption service (started by ``jax.distributed.initialize``) catches
+    SIGTERM on any process, tells the others through the coordination service and picks a step
+    every process can still reach; `agreed` returns True at that step on all processes
+    (``multihost_utils.reached_preemption_sync_point``), so they all save the same step.
+    """
+
+    def __init__(self):
+        self.requested = threading.Event()
+        self._previous = None
+        # jax.distributed.initialize starts the service unless the flag turns it off.
+        self._service = (
+            jax.process_count() > 1
+            and jax.distributed.is_initialized()
+            and bool(jax.config.jax_enable_preemption_service)
+        )
+
+    def __enter__(self):
+        if not self._service and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint, then exiting.")
+        self.requested.set()
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def agreed(self, step: int) -> bool:
+        """Whether to save and stop after ``step`` (the same answer on every process)."""
+        if self._service:
+            stop = multihost_utils.reached_preemption_sync_point(step)
+            if stop:
+                logging.warning("Preemption: every process saves step %d, then exits.", step)
+            return stop
+        requested = self.requested.is_set()
+        if jax.process_count() > 1:  # no preemption service: every process joins a collective
+            requested = bool(multihost_utils.process_allgather(np.asarray(requested)).any())
+        return requested
+
+
+class StopCheck(PeriodicAction):
+    """Stops after SIGTERM (``preempted``) or at ``config.stop_after_steps`` (time-boxed jobs)."""
+
+    def __init__(self, config, preemption: Preemption):
+        self.preemption = preemption
+        self.stop_after = int(config.get("stop_after_steps", 0) or 0)
+        self._reason = None
+
+    def due(self, loop):
+        if self.preemption.agreed(loop.step):
+            self._reason = "preempted"
+        elif self.stop_after and loop.step >= self.stop_after:
+            self._reason = "stop_after_steps"
+        return self._reason is not None
+
+    def run(self, loop, metrics):
+        loop.stopped = self._reason  # `Saver` (next in the list) saves before the loop ends
+
+
+class Saver(PeriodicAction):
+    """Saves every ``config.checkpoint.every_steps``, at the last step and before a stop."""
+
+    def __init__(self, config, checkpointer, meta: CheckpointMeta):
+        self.every, self.total = int(config.checkpoint.every_steps), int(config.total_steps)
+        self.checkpointer, self.meta = checkpointer, meta
+
+    def due(self, loop):
+        periodic = self.every > 0 and loop.step % self.every == 0
+        return periodic or loop.step == self.total or loop.stopping
+
+    def run(self, loop, metrics):
+        self.checkpointer.save(
+            loop.step, loop.state, self.meta(loop), data_iter=self.meta.data_iter()
+        )
+        loop.last_saved = loop.step

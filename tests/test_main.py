@@ -57,7 +57,6 @@ def test_main_finetune_smoke_with_validation_mde(tmp_path, data_dir, compilation
             "--config.model.num_heads=(1,2)",
             "--config.model.pretrained_window_sizes=(0,0)",
             "--config.model.conv_impl=xla",
-            "--config.data.sampler.context_size=32",
             "--config.data.sampler.centre_size=16",
             # Same program as the in-process fine-tuning tests (persistent compilation cache).
             "--config.num_devices=1",
@@ -92,7 +91,7 @@ def test_evaluate_task_scores_a_finetuned_workdir(tmp_path, data_dir, compilatio
     config.model = model_dict()
     config.checkpoints = (str(tmp_path / "ft"), str(tmp_path / "ft"))  # a 2-member ensemble
     config.which = "latest"
-    config.context_size, config.centre_size, config.stride = 32, 16, 8
+    config.centre_size, config.stride = 16, 8  # context tile = config.model.img_size (32)
     config.data.data_dir = data_dir
     config.max_images = 2
     config.max_overlays = 1

@@ -45,15 +45,12 @@ def micro_config(
     config = load_config(name, arg)
     config.model = ModelConfig.named("tiny", **{**MICRO_MODEL, **model_overrides}).to_dict()
     config.data.data_dir = data_dir
-    size = config.model.img_size
     if config.task == "finetune":
-        config.data.sampler.context_size = size
-        config.data.sampler.centre_size = size // 2
+        # The context side is config.model.img_size (its one home); the centre is half of it.
+        config.data.sampler.centre_size = config.model.img_size // 2
         # One batch layout for every fine-tuning test, so they share compiled programs.
         config.batch_size = 8
         config.grad_accum_steps = 2
-    else:
-        config.data.sampler.crop_size = size
     config.num_devices = num_devices
     config.val.every_steps = 0
     config.checkpoint.every_steps = 2

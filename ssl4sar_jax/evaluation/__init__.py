@@ -17,7 +17,6 @@ from ssl4sar_jax.evaluation.metrics import (
 from ssl4sar_jax.evaluation.postprocess import bbox_window, mask_with_bbox, postprocess_zones
 from ssl4sar_jax.evaluation.runner import (
     EvaluationResult,
-    evaluate_images,
     evaluate_records,
     evaluate_zone_predictions,
     parse_record,
@@ -35,7 +34,6 @@ __all__ = [
     "TileLayout",
     "bbox_window",
     "ensemble_probabilities",
-    "evaluate_images",
     "evaluate_records",
     "evaluate_zone_predictions",
     "front_distances",

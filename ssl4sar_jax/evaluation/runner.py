@@ -377,11 +377,6 @@ def evaluate_records(
     return EvaluationResult(flat, rows, breakdowns, time.perf_counter() - start)
 
 
-def evaluate_images(predict_fn, records, **kwargs) -> EvaluationResult:
-    """Alias of :func:`evaluate_records` (the name used in ``docs/interfaces.md``)."""
-    return evaluate_records(predict_fn, records, **kwargs)
-
-
 def evaluate_zone_predictions(
     predictions: Iterable[np.ndarray],
     records: Iterable[dict],

@@ -147,32 +147,26 @@ def segmenter_torch_key(path: tuple[Any, ...], num_decoder_blocks: int) -> str:
     return key.replace("cpb_mlp_0.", "cpb_mlp.0.").replace("cpb_mlp_2.", "cpb_mlp.2.")
 
 
-_HEAD_KEYS = {
-    "reconstruct": "last_model_decoder_layer",
-    "translate": "last_model_decoder_layer",
-    "predict": "decoder",
-    "reembed": "patch_embed_after_decoder",
-}
-
-
 def model_torch_keys(model: nnx.Module) -> dict[tuple[Any, ...], str]:
     """TYRION key (with ``swin_unet.`` where the reference has it) of every model parameter.
 
     Works for `SSL4SARSegmenter` (keys ``swin_unet.*``) and the pretraining models (backbone
     under ``swin_unet.*``, heads under their TYRION names).
     """
+    from ssl4sar_jax import objectives  # the heads' TYRION names are part of each objective
+
+    head_keys = objectives.torch_head_keys()
     config: ModelConfig = model.config
     num_blocks = len(config.decoder_channels())
     keys = {}
     for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         if path[0] == "backbone":
             keys[path] = TYRION_PREFIX + segmenter_torch_key(path[1:], num_blocks)
-        elif path[0] in _HEAD_KEYS:
+        elif path[0] in head_keys:
             parts = [_component(p) for p in path[1:]]
-            parts[-1] = {"kernel": "weight", "scale": "weight"}.get(parts[-1], parts[-1])
-            keys[path] = ".".join([_HEAD_KEYS[path[0]]] + parts)
-        elif path == ("mask_token",):
-            keys[path] = "mask_token"
+            if parts:
+                parts[-1] = {"kernel": "weight", "scale": "weight"}.get(parts[-1], parts[-1])
+            keys[path] = ".".join([head_keys[path[0]]] + parts)
         else:
             keys[path] = TYRION_PREFIX + segmenter_torch_key(path, num_blocks)
     return keys
@@ -494,7 +488,7 @@ def load_flat_dict(
 
 # ----------------------------------------------------------------------------- CLI
 def _build(variant: str, objective: str, seed: int, overrides: Iterable[str]) -> nnx.Module:
-    from ssl4sar_jax.models.segmenter import build_model
+    from ssl4sar_jax.models.builder import build_model
 
     fields: dict[str, Any] = {}
     for item in overrides:
@@ -509,6 +503,8 @@ def _build(variant: str, objective: str, seed: int, overrides: Iterable[str]) ->
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
+    from ssl4sar_jax.objectives import objective_names
+
     parser = argparse.ArgumentParser(
         prog="python -m ssl4sar_jax.models.convert_torch",
         description="Convert SSL4SAR/SwinV2 PyTorch weights to ssl4sar_jax parameters and back.",
@@ -534,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(
             "--objective",
             default="segment",
-            choices=("segment", "opt_simmim", "opt_translator"),
+            choices=objective_names(),
         )
         p.add_argument(
             "--set",

@@ -129,29 +129,3 @@ class SSL4SARSegmenter(nnx.Module):
         features = self.decoder(skips, rngs=rngs)
         logits = self.head(features).astype(jnp.float32) if return_logits else None
         return {"logits": logits, "features": features, "skips": skips}
-
-
-def build_model(
-    config: ModelConfig | str | dict | None = None, *, seed: int = 0, objective: str = "segment"
-) -> nnx.Module:
-    """Builds a model by objective.
-
-    Args:
-        config: `ModelConfig`, variant name ("paper", "tiny"), dict of fields, or None (paper).
-        seed: Seed of the parameter initialisation.
-        objective: "segment" (`SSL4SARSegmenter`), "opt_simmim" (`OptSimMIMModel`) or
-            "opt_translator" (`OptTranslatorModel`).
-
-    Returns:
-        The NNX module with freshly initialised float32 parameters.
-    """
-    from ssl4sar_jax.models.pretrain_heads import OptSimMIMModel, OptTranslatorModel
-
-    builders = {
-        "segment": SSL4SARSegmenter,
-        "opt_simmim": OptSimMIMModel,
-        "opt_translator": OptTranslatorModel,
-    }
-    if objective not in builders:
-        raise ValueError(f"unknown objective {objective!r}; expected one of {sorted(builders)}")
-    return builders[objective](as_config(config), rngs=nnx.Rngs(params=seed))

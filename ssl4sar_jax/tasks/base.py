@@ -65,21 +65,30 @@ class Task(abc.ABC):
 
     Attributes:
         name: Task name (``config.task``).
-        objective: Model builder objective (``"segment"``, ``"opt_simmim"``, ``"opt_translator"``).
+        objective: Name of the model's entry in `ssl4sar_jax.objectives` (``"segment"``,
+            ``"opt_simmim"``, ``"opt_translator"``, ...).
+        predicts_zones: Whether `predict` gives zone logits (the loop then compiles a predict
+            function for validation; pretraining tasks validate with the loss only).
         selection_metric: Validation metric used for the best checkpoint.
         selection_mode: ``"min"`` or ``"max"``.
         plateau_metric: Validation metric driving reduce-on-plateau (None = constant LR).
+        sampler_size_field: The data sampler's crop-side field, filled in from
+            ``config.model.img_size`` (so the config must not set it).
     """
 
     name: str = ""
     objective: str = "segment"
+    predicts_zones: bool = False
     selection_metric: str = "val/loss"
     selection_mode: str = "min"
     plateau_metric: str | None = None
+    sampler_size_field: str | None = None
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
         self.model_config = model_config_from(config)
+        if self.sampler_size_field:
+            _check_no_input_size(config.data.sampler, self.sampler_size_field, self.model_config)
 
     # ------------------------------------------------------------------ model
     def build_model(self, seed: int) -> nnx.Module:
@@ -123,6 +132,42 @@ class Task(abc.ABC):
     def init_allow_missing(self) -> tuple[str, ...]:
         """Parameter path regexes that may stay fresh when initialising from another run."""
         return tuple(self.config.init.get("allow_missing", ()))
+
+
+def sampler_fields(
+    cls: type, values: Mapping[str, Any], size_field: str, input_size: int
+) -> dict[str, Any]:
+    """Keyword arguments of sampler dataclass ``cls`` from ``config.data.sampler``.
+
+    The network input size has one home, ``config.model.img_size``; the sampler's crop side
+    (``size_field``) is filled in from it here and must not be set in the sampler block.
+
+    Raises:
+        ValueError: naming unknown keys, or ``size_field`` when the config sets it.
+    """
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls)} - {size_field}
+    if size_field in values:
+        raise ValueError(_input_size_message(size_field, input_size))
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"config.data.sampler has keys {unknown} unknown to {cls.__name__}")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    fields[size_field] = int(input_size)
+    return fields
+
+
+def _input_size_message(size_field: str, input_size: int) -> str:
+    return (
+        f"config.data.sampler.{size_field} is not a setting: the crop side is "
+        f"config.model.img_size ({input_size}); remove it from the sampler block"
+    )
+
+
+def _check_no_input_size(sampler: Mapping[str, Any], size_field: str, model: ModelConfig) -> None:
+    if size_field in sampler:
+        raise ValueError(_input_size_message(size_field, model.img_size))
 
 
 def data_dir_of(config: ml_collections.ConfigDict) -> str:

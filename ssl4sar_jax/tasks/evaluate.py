@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from ssl4sar_jax import checkpointing
+from ssl4sar_jax import checkpointing, steps
 from ssl4sar_jax import sharding as sharding_lib
 from ssl4sar_jax.models import build_model
 from ssl4sar_jax.tasks.base import model_config_from
@@ -55,12 +55,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
     model_config = model_config_from(config)
-    context = int(config.context_size)
-    if model_config.img_size != context:
-        raise ValueError(
-            f"config.model.img_size ({model_config.img_size}) must equal config.context_size "
-            f"({context})"
-        )
+    context = model_config.img_size  # the network input is the context tile
     sources = prepare_sources(config, "caffe")
     if config.split not in sources:
         raise ValueError(f"config.split {config.split!r} not in the dataset: {sorted(sources)}")
@@ -73,18 +68,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     rest = nnx.to_pure_dict(rest)
     batch_sh = sharding_lib.batch_sharding(mesh)
     repl = sharding_lib.replicated(mesh)
-
-    def predict(p, r, sar):
-        return nnx.merge(graphdef, p, r)(sar)["logits"]
-
-    from ssl4sar_jax.train_lib import numpy_predictor
-
-    predict_jit = jax.jit(predict, in_shardings=(repl, repl, batch_sh), out_shardings=batch_sh)
+    predict_jit = jax.jit(
+        steps.make_predict_fn(graphdef),
+        in_shardings=(repl, repl, batch_sh),
+        out_shardings=batch_sh,
+    )
     predict_fns = []
     for path in config.checkpoints:
         member = jax.device_put(_load_member(path, template, config.which), repl)
         predict_fns.append(
-            numpy_predictor(
+            steps.numpy_predictor(
                 predict_jit,
                 member,
                 jax.device_put(rest, repl),

@@ -8,10 +8,9 @@ scored by ``ssl4sar_jax.evaluation`` — val MDE (model selection, lower is bett
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -24,14 +23,6 @@ from ssl4sar_jax.tasks import base
 
 # Value the reference logs for an undefined val MDE (no image with a predicted front).
 UNDEFINED_MDE = metrics_lib.MDE_UNDEFINED
-
-
-def _sampler_kwargs(cls, values: Mapping[str, Any]) -> dict[str, Any]:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"config.data.sampler has keys {unknown} unknown to {cls.__name__}")
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
 def prepare_sources(config, dataset_name: str) -> dict[str, Any]:
@@ -89,19 +80,20 @@ class FinetuneTask(base.Task):
 
     name = "finetune"
     objective = "segment"
+    predicts_zones = True
     selection_metric = "val/front/mde_m"
     selection_mode = "min"
+    sampler_size_field = "context_size"
     plateau_metric = None  # constant LR (reference)
 
     def __init__(self, config):
         super().__init__(config)
-        sampler = config.data.sampler
-        self.context = int(sampler.context_size)
-        self.centre = int(sampler.centre_size)
-        if self.model_config.img_size != self.context:
+        self.context = self.model_config.img_size  # the network input is the context patch
+        self.centre = int(config.data.sampler.centre_size)
+        if not 0 < self.centre <= self.context:
             raise ValueError(
-                f"config.model.img_size ({self.model_config.img_size}) must equal "
-                f"config.data.sampler.context_size ({self.context})"
+                f"config.data.sampler.centre_size ({self.centre}) must be in "
+                f"(0, config.model.img_size = {self.context}]"
             )
 
     def loss_fn(self, model: nnx.Module, batch, dropout_key):
@@ -133,7 +125,12 @@ class FinetuneTask(base.Task):
         from ssl4sar_jax import data
 
         sampler = data.FinetuneSamplerConfig(
-            **_sampler_kwargs(data.FinetuneSamplerConfig, self.config.data.sampler.to_dict())
+            **base.sampler_fields(
+                data.FinetuneSamplerConfig,
+                self.config.data.sampler.to_dict(),
+                self.sampler_size_field,
+                self.context,
+            )
         )
         return data.make_finetune_iterator(
             sources[self.config.data.train_split],

@@ -1,79 +1,53 @@
-"""Self-supervised pretraining on SAR + Sentinel-2 pairs (`model_and_training.md` §4).
+"""Self-supervised pretraining on SAR + Sentinel-2 pairs, for any registered objective.
 
-* ``opt_simmim``: 30 % of the 4×4 tokens are masked (the mask comes from the input pipeline,
-  ``batch["mim_mask"]``), the model predicts 4×4×14 optical values for every token and the L1
-  loss is taken over the masked tokens only, against the optical image laid out by ``patchify``.
-* ``opt_translator``: dense SAR → 14-band optical translation with an L1 loss.
+``config.objective`` names an entry of `ssl4sar_jax.objectives` (built-in: ``opt_simmim``,
+``opt_translator``); the entry supplies the model, the loss and the batch keys, this task the
+data (the ``ssl4sar`` dataset, crops of ``config.model.img_size``) and the validation:
 
-Validation: the mean loss over ``config.val.num_batches`` batches of the validation split drawn
-with a fixed seed (the same batches at every validation), which also drives reduce-on-plateau
-and the best checkpoint.
+Validation is the mean loss over ``config.val.num_batches`` batches of the validation split
+drawn with a fixed seed (the same batches at every validation), which also drives
+reduce-on-plateau and the best checkpoint.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from ssl4sar_jax import losses
+from ssl4sar_jax import objectives
 from ssl4sar_jax.tasks import base
-from ssl4sar_jax.tasks.finetune import _sampler_kwargs, prepare_sources
-
-OBJECTIVES = ("opt_simmim", "opt_translator")
+from ssl4sar_jax.tasks.finetune import prepare_sources
 
 
 class PretrainTask(base.Task):
-    """OptSimMIM or OptTranslator, chosen by ``config.objective``."""
+    """Pretraining with the registered objective ``config.objective``."""
 
     name = "pretrain"
     selection_metric = "val/loss"
     selection_mode = "min"
+    sampler_size_field = "crop_size"
     plateau_metric = "val/loss"
 
     def __init__(self, config):
         super().__init__(config)
-        if config.objective not in OBJECTIVES:
+        trainable = objectives.objective_names(trainable_only=True)
+        if config.objective not in trainable:
             raise ValueError(
-                f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}"
+                f"config.objective must be one of {trainable}, got {config.objective!r}"
             )
         self.objective = config.objective
-        self.crop = int(config.data.sampler.crop_size)
-        if self.model_config.img_size != self.crop:
-            raise ValueError(
-                f"config.model.img_size ({self.model_config.img_size}) must equal "
-                f"config.data.sampler.crop_size ({self.crop})"
-            )
+        self.entry = objectives.get_objective(config.objective)
 
     def loss_fn(self, model: nnx.Module, batch, dropout_key):
         rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
-        optical = batch["optical"]
-        if self.objective == "opt_simmim":
-            mask = batch["mim_mask"]
-            predictions = model(batch["sar"], mask, rngs=rngs)
-            targets = losses.patchify(optical, self.model_config.patch_size)
-            loss = losses.masked_l1_loss(predictions, targets, mask)
-            metrics = {"loss": loss, "mask_ratio": jnp.mean(mask.astype(jnp.float32))}
-        else:
-            predictions = model(batch["sar"], rngs=rngs)
-            loss = losses.dense_l1_loss(predictions, optical)
-            metrics = {"loss": loss}
-        return loss, metrics
+        return self.entry.loss(model, batch, rngs, self.model_config)
 
     def predict(self, model, sar):
         raise NotImplementedError("pretraining models do not predict zones")
 
     def batch_spec(self, batch_size):
-        size = self.crop
-        grid = size // self.model_config.patch_size
-        bands = self.model_config.optical_channels
-        return {
-            "sar": jax.ShapeDtypeStruct((batch_size, size, size, 1), jnp.float32),
-            "optical": jax.ShapeDtypeStruct((batch_size, size, size, bands), jnp.float32),
-            "mim_mask": jax.ShapeDtypeStruct((batch_size, grid, grid), jnp.bool_),
-        }
+        return self.entry.batch_spec(self.model_config, batch_size)
 
     def prepare_data(self):
         return prepare_sources(self.config, "ssl4sar")
@@ -82,7 +56,12 @@ class PretrainTask(base.Task):
         from ssl4sar_jax import data
 
         sampler = data.PretrainSamplerConfig(
-            **_sampler_kwargs(data.PretrainSamplerConfig, self.config.data.sampler.to_dict())
+            **base.sampler_fields(
+                data.PretrainSamplerConfig,
+                self.config.data.sampler.to_dict(),
+                self.sampler_size_field,
+                self.model_config.img_size,
+            )
         )
         return data.make_pretrain_iterator(
             source, global_batch_size=batch_size, seed=seed, sampler=sampler
