@@ -15,8 +15,8 @@
     stay replicated;
   - ``"fsdp_tensor"``: for a 2-D ``data × model`` mesh: the Swin attention and MLP weights are
     split Megatron-style over ``"model"`` (``qkv``/``fc1`` by output features, ``proj``/``fc2``
-    by input features) and over ``"data"`` on their other dimension; every other leaf as
-    ``"fsdp"``.
+    by input features) and over ``"data"`` on their other dimension; every other leaf is split
+    over both axes together (all devices) where a dimension allows, else over ``"data"``.
 
   ``config.sharding_rules`` — ``(regex, spec)`` pairs matched against the ``/``-joined path of
   every leaf of the abstract train state — come first, e.g.
@@ -243,19 +243,26 @@ def _spec_fits(shape: Sequence[int], spec: Sequence[Any], mesh: Mesh) -> bool:
     return True
 
 
-def fsdp_spec(shape: Sequence[int], mesh: Mesh, min_size: int = FSDP_MIN_SIZE) -> tuple:
-    """The FSDP spec of one leaf: ``"data"`` on its largest divisible dimension, else ``()``.
+def fsdp_spec(
+    shape: Sequence[int],
+    mesh: Mesh,
+    min_size: int = FSDP_MIN_SIZE,
+    axes: Sequence[str] = (DATA_AXIS,),
+) -> tuple:
+    """The FSDP spec of one leaf: ``axes`` on its largest divisible dimension, else ``()``.
 
     Ties go to the last such dimension (output features of kernels).
     """
-    size = data_size(mesh)
+    axes = tuple(axes)
+    size = int(np.prod([mesh.shape[a] for a in axes]))
     if size == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
         return ()
     candidates = [i for i, dim in enumerate(shape) if dim % size == 0 and dim >= size]
     if not candidates:
         return ()
     best = max(candidates, key=lambda i: (shape[i], i))
-    return tuple(DATA_AXIS if i == best else None for i in range(len(shape)))
+    entry = axes if len(axes) > 1 else axes[0]
+    return tuple(entry if i == best else None for i in range(len(shape)))
 
 
 def state_shardings(
@@ -297,7 +304,7 @@ def state_shardings(
             return spec
         if len(spec) <= len(shape):
             reduced = tuple(None if a == DATA_AXIS else a for a in spec)
-            if _spec_fits(shape, reduced, mesh):
+            if any(a is not None for a in reduced) and _spec_fits(shape, reduced, mesh):
                 return reduced
         return None
 
@@ -319,7 +326,11 @@ def state_shardings(
                     preset,
                 )
                 break
-        if preset in ("fsdp", "fsdp_tensor"):
+        if preset == "fsdp_tensor":
+            # Leaves outside the tensor rules: split over all devices where possible.
+            spec = fsdp_spec(shape, mesh, axes=(DATA_AXIS, MODEL_AXIS)) or fsdp_spec(shape, mesh)
+            return NamedSharding(mesh, P(*spec))
+        if preset == "fsdp":
             return NamedSharding(mesh, P(*fsdp_spec(shape, mesh)))
         return NamedSharding(mesh, P())
 

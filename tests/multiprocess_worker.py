@@ -26,7 +26,10 @@ import time
 def _config(task: str, data_dir: str, overrides: dict):
     from test_train_utils import micro_config
 
-    name, arg = ("finetune", "smoke") if task == "finetune" else ("pretrain", f"smoke_{task}")
+    arg = {"finetune": "smoke", "opt_simmim": "smoke", "opt_translator": "smoke_opt_translator"}[
+        task
+    ]
+    name = "finetune" if task == "finetune" else "pretrain"
     config = micro_config(name, arg, data_dir, num_devices=0)
     config.batch_size = 8
     config.grad_accum_steps = 2
@@ -97,14 +100,22 @@ def _epoch(job: dict) -> dict:
     import dataclasses
 
     from ssl4sar_jax import data
-    from ssl4sar_jax.tasks import get_task
+    from ssl4sar_jax.tasks import base, get_task
 
     config = _config(job["task"], job["data_dir"], {})
     task = get_task(config)
     source = task.prepare_data()[config.data.train_split]
     logged = _ReadLog(source)
-    sampler = data.FinetuneSamplerConfig(**task_sampler_fields(config))
-    sampler = dataclasses.replace(sampler, samples_per_epoch=len(source))
+    fields = base.sampler_fields(
+        data.FinetuneSamplerConfig,
+        config.data.sampler.to_dict(),
+        task.sampler_size_field,
+        task.context,
+    )
+    # No mix-up here: its partner image is drawn from the whole split, not the process's shard.
+    sampler = dataclasses.replace(
+        data.FinetuneSamplerConfig(**fields), samples_per_epoch=len(source), prob_mix_up=0.0
+    )
     batch = job["batch_size"]
     iterator = data.make_finetune_iterator(
         logged, global_batch_size=batch, seed=0, sampler=sampler, record_ids=True, num_threads=0
@@ -114,10 +125,6 @@ def _epoch(job: dict) -> dict:
         ids += [int(i) for i in next(iterator)["record_index"]]
     stems = [source[i]["stem"].decode() for i in ids]
     return {"ids": ids, "stems": stems, "read": sorted(logged.read), "split_size": len(source)}
-
-
-def task_sampler_fields(config) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.data.sampler.items()}
 
 
 def main() -> int:
