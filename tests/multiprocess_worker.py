@@ -9,9 +9,10 @@ Starts ``jax.distributed`` through ``ssl4sar_jax.sharding.initialize_distributed
   model of the training tests; with ``marker_at_step`` this process writes
   ``marker_<process>`` when it draws the batch of step k, then pauses 3 s (so a signal sent by
   the launcher arrives mid-run).
-* ``{"kind": "epoch", "task": "finetune", "data_dir": ...}``: one epoch of this process's
-  training iterator (``samples_per_epoch`` = the split size); records the record ids it yielded
-  and every record it read from the data source.
+* ``{"kind": "epoch", "task": "finetune", "data_dir": ..., "batch_size": B}``: one epoch of
+  this process's training iterator over the split cut to a multiple of ``B``
+  (``samples_per_epoch`` = that size); records the record ids it yielded and every record it
+  read from the data source.
 """
 
 from __future__ import annotations
@@ -83,15 +84,17 @@ class _MarkingIterator:
 
 
 class _ReadLog:
-    """A data source that records which records were read."""
+    """The first ``size`` records of a data source; records which records were read."""
 
-    def __init__(self, source):
-        self.source, self.read = source, set()
+    def __init__(self, source, size: int):
+        self.source, self.size, self.read = source, size, set()
 
     def __len__(self):
-        return len(self.source)
+        return self.size
 
     def __getitem__(self, index):
+        if not 0 <= index < self.size:
+            raise IndexError(index)
         self.read.add(int(index))
         return self.source[index]
 
@@ -105,7 +108,9 @@ def _epoch(job: dict) -> dict:
     config = _config(job["task"], job["data_dir"], {})
     task = get_task(config)
     source = task.prepare_data()[config.data.train_split]
-    logged = _ReadLog(source)
+    batch = job["batch_size"]
+    # An epoch of whole global batches: the split cut to a multiple of the batch.
+    logged = _ReadLog(source, len(source) - len(source) % batch)
     fields = base.sampler_fields(
         data.FinetuneSamplerConfig,
         config.data.sampler.to_dict(),
@@ -114,17 +119,16 @@ def _epoch(job: dict) -> dict:
     )
     # No mix-up here: its partner image is drawn from the whole split, not the process's shard.
     sampler = dataclasses.replace(
-        data.FinetuneSamplerConfig(**fields), samples_per_epoch=len(source), prob_mix_up=0.0
+        data.FinetuneSamplerConfig(**fields), samples_per_epoch=len(logged), prob_mix_up=0.0
     )
-    batch = job["batch_size"]
     iterator = data.make_finetune_iterator(
         logged, global_batch_size=batch, seed=0, sampler=sampler, record_ids=True, num_threads=0
     )
     ids = []
-    for _ in range(len(source) // batch):
+    for _ in range(len(logged) // batch):
         ids += [int(i) for i in next(iterator)["record_index"]]
     stems = [source[i]["stem"].decode() for i in ids]
-    return {"ids": ids, "stems": stems, "read": sorted(logged.read), "split_size": len(source)}
+    return {"ids": ids, "stems": stems, "read": sorted(logged.read), "split_size": len(logged)}
 
 
 def main() -> int:
