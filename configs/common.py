@@ -47,19 +47,12 @@ def sampler(sampler_cls: type, size_field: str, **overrides) -> dict:
     return fields
 
 
-def dataset(sampler_fields: dict) -> ml_collections.ConfigDict:
-    """``config.data``: the real dataset in the TFDS default folder, prepared on first use."""
-    return ml_collections.ConfigDict(
-        dict(
-            config="full",
-            data_dir="~/tensorflow_datasets",
-            manual_dir="",
-            prepare=True,
-            train_split="train",
-            val_split="validation",
-            sampler=sampler_fields,
-        )
-    )
+def dataset(name: str, sampler_fields: dict) -> ml_collections.ConfigDict:
+    """``config.data``: the real dataset ``name`` in the TFDS default folder, prepared on first
+    use (every field of ``ssl4sar_jax.data.data_config``: own-data options, reading options)."""
+    from ssl4sar_jax import data
+
+    return data.data_config(name, config="full", sampler=sampler_fields)
 
 
 def sgd(learning_rate: float, plateau: bool) -> ml_collections.ConfigDict:

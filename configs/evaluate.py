@@ -12,6 +12,7 @@ Variant ``demo`` evaluates the fine-tuning demo (``/tmp/ft_demo``) on the synthe
 
 import ml_collections
 
+from ssl4sar_jax import data
 from ssl4sar_jax.config_lib import load_sibling
 
 common = load_sibling(__file__, "common")
@@ -39,11 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 8
     c.max_images = 0  # 0 = all
     c.max_overlays = -1  # -1 = all
-    c.data = ml_collections.ConfigDict()
-    c.data.config = "full"
-    c.data.data_dir = "~/tensorflow_datasets"
-    c.data.manual_dir = ""
-    c.data.prepare = True
+    # The CaFFe block of configs/common.py (own-data options included, docs/data.md).
+    c.data = data.data_config("caffe", config="full")
     if variant == "demo":
         c.num_cpu_devices = 2
         c.model = common.model("tiny", img_size=128)

@@ -39,7 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if variant not in VARIANTS:
         raise ValueError(f"unknown finetune variant {variant!r}: {' | '.join(VARIANTS)}")
     c = common.base("finetune", f"finetune_{variant}", objective="segment")
-    c.data = common.dataset(_sampler(centre_size=256))
+    c.data = common.dataset("caffe", _sampler(centre_size=256))
 
     c.loss = ml_collections.ConfigDict()
     c.loss.ce_weights = (0.5, 0.5)

@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     kind, objective = _split_variant(variant)
     entry = objectives.get_objective(objective)
     c = common.base("pretrain", f"pretrain_{variant}", objective=objective)
-    c.data = common.dataset(_sampler())
+    c.data = common.dataset("ssl4sar", _sampler())
     c.optim = common.sgd(learning_rate=1e-3, plateau=True)
     # One reference epoch (76,496 samples) = 2,391 steps between validations; 1000 epochs
     # (the reference stops at its 24 h wall clock).

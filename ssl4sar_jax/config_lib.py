@@ -41,3 +41,25 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
         if leaf not in node:
             raise KeyError(f"config override {dotted!r} names no existing config field")
         node[leaf] = value
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing (``app.run(..., flags_parser=parse_flags)``) that fails clearly on a
+    ``--config.<key>`` naming no config field (exit 2) or on bad flags (exit 1)."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as err:
+        overrides = [a.split("=")[0][len("--config.") :] for a in argv if a.startswith("--config.")]
+        bad = [key for key in overrides if key.split(".")[-1] in str(err)]
+        if not bad:
+            raise
+        sys.stderr.write(
+            f"Unknown config key(s) {bad}: the config has no such field (configs are locked). "
+            "See the config file for the available keys.\n"
+        )
+        sys.exit(2)
+    except flags.Error as err:
+        sys.stderr.write(f"FATAL Flags parsing error: {err}\nPass --helpshort or --helpfull.\n")
+        sys.exit(1)

@@ -48,24 +48,35 @@ OPTICAL_BAND_NAMES: tuple[str, ...] = (
 NUM_OPTICAL_BANDS = 14
 
 
-def season_of(glacier: str, month: int) -> str:
+SEASONS: tuple[str, ...] = ("winter", "summer", "unknown")
+
+
+def season_of(glacier: str, month: int, hemisphere: str | None = None) -> str:
     """Season by the CaFFe hemisphere rule.
 
+    Northern hemisphere: winter = September to March; southern: winter = April to August.
+
     Args:
-        glacier: CaFFe glacier token (e.g. ``"COL"``).
+        glacier: glacier token (e.g. ``"COL"``); the CaFFe glaciers know their hemisphere.
         month: Month 1..12 of the acquisition date.
+        hemisphere: ``"north"`` or ``"south"`` for any other glacier (own data); None leaves the
+            season of an unknown glacier ``"unknown"``.
 
     Returns:
-        ``"winter"`` or ``"summer"``.
+        ``"winter"``, ``"summer"`` or ``"unknown"``.
 
     Raises:
-        ValueError: for an unknown glacier or a month outside 1..12.
+        ValueError: for a month outside 1..12 or a bad hemisphere.
     """
-    if glacier not in GLACIERS:
-        raise ValueError(f"Unknown glacier {glacier!r}; expected one of {GLACIERS}")
     if not 1 <= month <= 12:
         raise ValueError(f"Month must be in 1..12, got {month}")
-    if glacier in NORTHERN_GLACIERS:
+    if hemisphere not in (None, "north", "south"):
+        raise ValueError(f"hemisphere must be 'north' or 'south', got {hemisphere!r}")
+    if glacier in GLACIERS:
+        hemisphere = "north" if glacier in NORTHERN_GLACIERS else "south"
+    if hemisphere is None:
+        return "unknown"
+    if hemisphere == "north":
         winter = month in (1, 2, 3, 9, 10, 11, 12)
     else:
         winter = 4 <= month <= 8

@@ -23,6 +23,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from ssl4sar_jax import config_lib
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py[:variant]).", lock_config=True
 )
@@ -102,28 +104,9 @@ def _log_summary(summary: dict) -> None:
     )
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing that fails clearly on ``--config.<key>`` naming no config field."""
-    try:
-        return flags.FLAGS(argv)
-    except (AttributeError, KeyError) as err:
-        overrides = [a.split("=")[0][len("--config.") :] for a in argv if a.startswith("--config.")]
-        bad = [key for key in overrides if key.split(".")[-1] in str(err)]
-        if not bad:
-            raise
-        sys.stderr.write(
-            f"Unknown config key(s) {bad}: the config has no such field (configs are locked). "
-            "See the config file for the available keys.\n"
-        )
-        sys.exit(2)
-    except flags.Error as err:
-        sys.stderr.write(f"FATAL Flags parsing error: {err}\nPass --helpshort or --helpfull.\n")
-        sys.exit(1)
-
-
 def run() -> None:
     """Console-script entry point."""
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=config_lib.parse_flags)
 
 
 if __name__ == "__main__":

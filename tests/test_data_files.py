@@ -34,7 +34,7 @@ def test_parse_stem_reads_every_field():
 )
 def test_parse_stem_rejects_broken_names(stem, fragment):
     with pytest.raises(ValueError, match=fragment) as err:
-        caffe_files.parse_stem(stem)
+        caffe_files.parse_caffe_stem(stem)  # the grammar plus CaFFe's names and spacings
     assert stem in str(err.value)
 
 
@@ -52,8 +52,8 @@ def test_zone_mapping():
 def test_parse_bbox():
     text = "x,y\n10.4,200.6\n10.4,50\n300,50\n300,200.6\n"
     box = caffe_files.parse_bbox(text, "b.txt")
-    assert box.dtype == np.float32 and box.shape == (4, 2)
-    np.testing.assert_allclose(box[0], [10.4, 200.6], rtol=1e-6)
+    assert box.dtype == np.float64 and box.shape == (4, 2)
+    np.testing.assert_allclose(box[0], [10.4, 200.6], rtol=1e-12)
     with pytest.raises(ValueError, match="b.txt"):
         caffe_files.parse_bbox("x,y\n1,2\n", "b.txt")
 

@@ -14,7 +14,7 @@ from ssl4sar_jax.data import pipeline
 
 FT = data.FinetuneSamplerConfig(context_size=64, centre_size=32, samples_per_epoch=24)
 PT = data.PretrainSamplerConfig(crop_size=32, samples_per_epoch=16)
-DUMMY = Path(__file__).parents[1] / "datasets"
+DUMMY = Path(__file__).parents[1] / "ssl4sar_jax" / "builders"
 
 
 def _caffe_records(n=6, seed=0):

@@ -1,4 +1,4 @@
-"""TFDS integration: registration on import, packaging of the builder folders, tfds.load."""
+"""TFDS integration: registration after `import ssl4sar_jax`, tfds.load / tfds.data_source."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-import ssl4sar_jax  # noqa: F401  (registers the builders)
+import ssl4sar_jax  # noqa: F401  (registers the builders once TFDS is imported)
 
 REPO = Path(__file__).parents[1]
 
@@ -26,34 +26,13 @@ def test_builders_register_on_import_with_array_record_default(tmp_path):
         assert "@" in builder.info.citation  # CITATIONS.bib found next to the builder
 
 
-def test_pyproject_ships_every_package_and_builder_folder():
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # the `test` extra installs tomli on Python 3.10
-        import tomli as tomllib
-    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    packages = set(config["packages"])
-    source_packages = {
-        ".".join(p.parent.relative_to(REPO).parts)
-        for p in (REPO / "ssl4sar_jax").rglob("__init__.py")
-    }
-    assert source_packages <= packages, source_packages - packages
-    for folder in (REPO / "datasets").iterdir():
-        if (folder / "__init__.py").exists():
-            assert config["package-dir"][f"ssl4sar_jax.builders.{folder.name}"] == (
-                f"datasets/{folder.name}"
-            )
-    # A top-level datasets/__init__.py would shadow Hugging Face `datasets`.
-    assert not (REPO / "datasets" / "__init__.py").exists()
-
-
 def test_tfds_load_with_tfrecord(tmp_path):
     """`tfds.load` needs TFRecord (written and read with TensorFlow, the `tf` extra)."""
     _require_tensorflow()
     from ssl4sar_jax.builders.caffe.caffe_dataset_builder import CaffeConfig
 
     config = CaffeConfig(name="dummy", description="dummy_data", check_counts=False)
-    manual = REPO / "datasets" / "caffe" / "dummy_data"
+    manual = REPO / "ssl4sar_jax" / "builders" / "caffe" / "dummy_data"
     builder = tfds.builder("caffe", config=config, data_dir=str(tmp_path), file_format="tfrecord")
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
@@ -71,7 +50,7 @@ def test_tfds_load_with_tfrecord(tmp_path):
 
 def test_tfds_load_ssl4sar_with_tfrecord(tmp_path):
     _require_tensorflow()
-    manual = REPO / "datasets" / "ssl4sar" / "dummy_data"
+    manual = REPO / "ssl4sar_jax" / "builders" / "ssl4sar" / "dummy_data"
     builder = tfds.builder("ssl4sar/full", data_dir=str(tmp_path), file_format="tfrecord")
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
@@ -80,3 +59,53 @@ def test_tfds_load_ssl4sar_with_tfrecord(tmp_path):
     records = list(tfds.as_numpy(ds))
     assert len(records) == 4
     assert records[0]["optical"].shape == (*records[0]["sar"].shape[:2], 14)
+
+
+LOAD_THEN_SOURCE = """
+import ssl4sar_jax
+import tensorflow_datasets as tfds
+
+n = sum(1 for _ in tfds.load("{name}", split="train"))
+m = len(tfds.data_source("{name}", split="train"))
+print("COUNTS", n, m)
+"""
+SOURCE_THEN_LOAD = """
+import ssl4sar_jax
+import tensorflow_datasets as tfds
+
+m = len(tfds.data_source("{name}", split="train"))
+n = sum(1 for _ in tfds.load("{name}", split="train"))
+print("COUNTS", n, m)
+"""
+
+
+def test_tfds_load_and_data_source_verbatim_in_both_orders(tmp_path):
+    """The documented entry points, typed as a user would, on fresh data_dirs (TFDS_DATA_DIR)."""
+    _require_tensorflow()
+    import os
+    import subprocess
+
+    runs = {
+        ("caffe", "load first"): LOAD_THEN_SOURCE,
+        ("caffe", "data_source first"): SOURCE_THEN_LOAD,
+        ("ssl4sar", "data_source first"): SOURCE_THEN_LOAD,
+    }
+    procs = {}
+    for i, ((name, order), code) in enumerate(runs.items()):
+        env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / f"tfds{i}"))
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        procs[name, order] = subprocess.Popen(
+            [sys.executable, "-c", code.format(name=name)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    for key, proc in procs.items():
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, (key, err[-3000:])
+        counts = [line for line in out.splitlines() if line.startswith("COUNTS")]
+        assert counts, (key, out)
+        n, m = map(int, counts[0].split()[1:])
+        assert n == m > 0, key

@@ -163,18 +163,15 @@ def test_empty_true_front_raises_unless_allowed():
     assert result.metrics["front/missing_fronts"] == 1
 
 
-@pytest.mark.parametrize(
-    ("key", "value", "message"),
-    [
-        ("glacier", "Helheim", "unknown glacier 'Helheim'"),
-        ("sensor", "LANDSAT", "unknown sensor 'LANDSAT'"),
-    ],
-)
-def test_unknown_metadata_names_image(key, value, message):
+@pytest.mark.parametrize(("key", "value"), [("glacier", "Helheim"), ("sensor", "LANDSAT")])
+def test_unknown_metadata_is_kept_not_refused(key, value):
+    # Own data: any glacier or sensor token is carried into the rows and breakdowns (issue 14).
     record = _records()[0]
     record[key] = value
-    with pytest.raises(ValueError, match=f"COL_2015-12-18_TDX_7_1_094: {message}"):
-        parse_record(record)
+    assert getattr(parse_record(record), key) == value
+    result = evaluate_zone_predictions([record["zones"]], [record], verbose=False)
+    breakdown = "glacier" if key == "glacier" else "sensor"
+    assert value in result.breakdowns[breakdown]
 
 
 def test_metadata_parsed_from_stem_when_missing():
@@ -184,8 +181,26 @@ def test_metadata_parsed_from_stem_when_missing():
     image = parse_record(record)
     assert (image.glacier, image.sensor, image.resolution_m) == ("COL", "TDX", 7)
     assert image.season == "winter"  # December, north
+    assert image.pixel_spacing_m == 7.0  # no override: the name's spacing
     record["stem"] = "XYZ_2015-12-18_TDX_7_1_094"
-    with pytest.raises(ValueError, match="XYZ_2015-12-18_TDX_7_1_094: unknown glacier"):
+    image = parse_record(record)
+    assert image.glacier == "XYZ" and image.season == "unknown"  # hemisphere not known
+    record["stem"] = "_2015-12-18_TDX_7_1_094"
+    with pytest.raises(ValueError, match="_2015-12-18_TDX_7_1_094: no glacier"):
+        parse_record(record)
+
+
+def test_pixel_spacing_override_drives_mde_and_reports_pixels():
+    record = _records()[0]
+    pred = np.roll(record["zones"], 2, axis=1)  # the front moves by 2 columns
+    base = evaluate_zone_predictions([pred], [record], verbose=False).metrics
+    record["pixel_spacing_m"] = 35.0  # 5x the name's 7 m
+    over = evaluate_zone_predictions([pred], [record], verbose=False).metrics
+    assert base["front/mde_m"] == pytest.approx(base["front/mde_px"] * 7.0)
+    assert over["front/mde_m"] == pytest.approx(over["front/mde_px"] * 35.0)
+    assert over["front/mde_m"] != pytest.approx(base["front/mde_m"])
+    record["pixel_spacing_m"] = -1.0
+    with pytest.raises(ValueError, match="pixel_spacing_m must be positive"):
         parse_record(record)
 
 
@@ -194,3 +209,27 @@ def test_label_shape_mismatch_names_image():
     record["front"] = record["front"][:-1]
     with pytest.raises(ValueError, match="COL_2015-12-18_TDX_7_1_094: shapes differ"):
         parse_record(record)
+
+
+def test_outputs_respect_the_umask_and_front_lines_scale_with_the_image(tmp_path):
+    from ssl4sar_jax.evaluation import report
+
+    old = os.umask(0o022)
+    try:
+        report.write_json(str(tmp_path / "m.json"), {"a": 1})
+        report.atomic_save_png(str(tmp_path / "p.png"), np.zeros((4, 4), np.uint8))
+    finally:
+        os.umask(old)
+    for name in ("m.json", "p.png"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644
+    # 1 px for a 256-px image whatever its pixel spacing; thicker for large scenes.
+    assert report.front_line_width((256, 256)) == 1
+    assert report.front_line_width((4500, 3000)) == 17
+    front = np.zeros((256, 256), bool)
+    front[100, 50:150] = True
+    picture = report.overlay_picture(
+        np.zeros((256, 256), np.uint8), np.zeros((256, 256), np.uint8),
+        np.zeros((256, 256), np.uint8), front, np.zeros_like(front), 7.0,
+    )  # fmt: skip
+    red = np.all(picture == report.PRED_FRONT_COLOUR, axis=-1)
+    assert red[:, :256].sum(axis=0).max() == 1  # one pixel thick in the SAR panel

@@ -98,19 +98,24 @@ def pool_front_metrics(rows: Iterable[dict]) -> dict[str, float]:
 
     Returns:
         ``{"mde_m", "mde_per_image_mean_m", "mde_front_length_weighted_m", "missing_fronts",
-        "num_images", "num_images_with_front"}``; MDE values are NaN when no image has a front.
+        "num_images", "num_images_with_front"}`` and, when the rows carry ``front_sum_px``,
+        ``"mde_px"`` (the same pooling in pixels); MDE values are NaN when no image has a front.
     """
-    total = count = 0.0
+    total = count = total_px = 0.0
+    with_px = True  # every row carries front_sum_px (the runner's rows do)
     per_image_means: list[float] = []
     true_lengths: list[float] = []
     missing = n_images = 0
     for row in rows:
         n_images += 1
+        with_px = with_px and "front_sum_px" in row
         if not row["has_front"]:
             missing += 1
             continue
         total += row["front_sum_m"]
         count += row["front_count"]
+        if with_px:
+            total_px += row["front_sum_px"]
         per_image_means.append(row["front_sum_m"] / row["front_count"])
         true_lengths.append(row["n_true_front"])
     if per_image_means:
@@ -121,7 +126,7 @@ def pool_front_metrics(rows: Iterable[dict]) -> dict[str, float]:
         weighted = float((means * lengths).sum() / lengths.sum())
     else:
         mde = per_image_mean = weighted = float("nan")
-    return {
+    out = {
         "mde_m": float(mde),
         "mde_per_image_mean_m": per_image_mean,
         "mde_front_length_weighted_m": weighted,
@@ -129,6 +134,9 @@ def pool_front_metrics(rows: Iterable[dict]) -> dict[str, float]:
         "num_images": n_images,
         "num_images_with_front": n_images - missing,
     }
+    if with_px and n_images:
+        out["mde_px"] = float(total_px / count) if per_image_means else float("nan")
+    return out
 
 
 def mean_distance_error(

@@ -31,10 +31,19 @@ BBOX_COLOUR = np.array([255, 200, 0], np.uint8)
 MAX_PICTURE_SIDE = 1200
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_path(path: str) -> tuple[int, str]:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    return tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.splitext(path)[1])
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.splitext(path)[1])
+    # mkstemp creates 0600; the output gets the permissions of an ordinary file (umask).
+    os.chmod(tmp, 0o666 & ~_umask())
+    return fd, tmp
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -88,9 +97,18 @@ def _display_factor(shape: tuple[int, int]) -> int:
     return max(1, math.ceil(max(shape) / MAX_PICTURE_SIDE))
 
 
+def front_line_width(shape: tuple[int, int]) -> int:
+    """Front line width (odd, pixels of the full image) for an overlay: about 1/300 of the longer
+    side, so the line looks the same after downsampling to the picture size whatever the image
+    size or pixel spacing (1 px for a 256-px image, 17 px for a 4,500-px one)."""
+    return 2 * round(max(shape) / 600) + 1
+
+
 def _thick(front: np.ndarray, resolution_m: float, factor: int) -> np.ndarray:
-    # Reference visualisation: 9x9 dilation under 10 m, else 3x3; wider when downsampled.
-    size = (9 if resolution_m < 10 else 3) + 2 * (factor - 1)
+    del resolution_m, factor  # the width depends on the image size only
+    size = front_line_width(front.shape)
+    if size == 1:
+        return front.astype(bool)
     return ndimage.binary_dilation(front.astype(bool), structure=np.ones((size, size), bool))
 
 
@@ -126,7 +144,8 @@ def overlay_picture(
         true_zones: ``[H, W]`` true ids.
         pred_front: ``[H, W]`` predicted front (after post-processing).
         true_front: ``[H, W]`` true front.
-        resolution_m: Pixel spacing (sets the front line width).
+        resolution_m: Pixel spacing in metres (kept for the call signature; the line width is
+            `front_line_width` of the image size).
         bbox: Raw box corners ``[4, 2]`` or None.
 
     Returns:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ssl4sar_jax.constants import GLACIERS, NUM_ZONE_CLASSES, SENSORS, season_of
+from ssl4sar_jax.constants import NUM_ZONE_CLASSES, SEASONS, season_of
 from ssl4sar_jax.evaluation import metrics as metrics_lib
 from ssl4sar_jax.evaluation import report
 from ssl4sar_jax.evaluation.ensemble import ensemble_probabilities
@@ -27,19 +27,23 @@ PredictFn = Callable[[np.ndarray], np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class ImageRecord:
-    """One validated CaFFe image (see ``docs/interfaces.md`` for the record fields).
+    """One validated labelled image (see ``docs/interfaces.md`` for the record fields).
+
+    Any glacier and sensor token is accepted (the metadata is carried into the breakdowns).
 
     Attributes:
         stem: Full file stem, e.g. ``COL_2015-12-18_S1_20_1_094``.
         sar: float32 ``[H, W, 1]`` in [0, 1] (None when parsed with ``require_sar=False``).
         zones: uint8 ``[H, W]`` class ids.
         front: bool ``[H, W]`` true front.
-        bbox: float ``[4, 2]`` raw box corners or None.
+        bbox: float64 ``[4, 2]`` raw box corners or None.
         glacier: Glacier token.
         sensor: Sensor token.
-        resolution_m: Pixel spacing in metres.
-        season: ``"winter"`` or ``"summer"``.
+        resolution_m: Nominal pixel spacing of the file name (metres; breakdown key).
+        season: ``"winter"``, ``"summer"`` or ``"unknown"``.
         date: ``YYYY-MM-DD``.
+        pixel_spacing_m: Effective pixel spacing (metres) used by post-processing, MDE and
+            overlays: the record's ``pixel_spacing_m`` when present, else ``resolution_m``.
     """
 
     stem: str
@@ -52,6 +56,11 @@ class ImageRecord:
     resolution_m: int
     season: str
     date: str
+    pixel_spacing_m: float = 0.0
+
+    def __post_init__(self):
+        if not self.pixel_spacing_m:
+            object.__setattr__(self, "pixel_spacing_m", float(self.resolution_m))
 
 
 def _text(value) -> str | None:
@@ -78,8 +87,8 @@ def parse_record(
     ``ImageRecord.sar`` is then None.
 
     Raises:
-        ValueError: naming the image, for unknown glacier/sensor, bad resolution or date,
-            inconsistent shapes, class ids outside 0..3, or an empty true front (unless
+        ValueError: naming the image, for a missing glacier/sensor, bad resolution, spacing or
+            date, inconsistent shapes, class ids outside 0..3, or an empty true front (unless
             ``allow_empty_true_front``).
     """
     stem = _text(record.get("stem")) or f"record_{index}"
@@ -92,11 +101,11 @@ def parse_record(
         return value
 
     glacier = field("glacier", 0)
-    if glacier not in GLACIERS:
-        raise ValueError(f"{stem}: unknown glacier {glacier!r}; expected one of {GLACIERS}")
+    if not glacier:
+        raise ValueError(f"{stem}: no glacier (record field or stem field 0)")
     sensor = field("sensor", 2)
-    if sensor not in SENSORS:
-        raise ValueError(f"{stem}: unknown sensor {sensor!r}; expected one of {SENSORS}")
+    if not sensor:
+        raise ValueError(f"{stem}: no sensor (record field or stem field 2)")
     date = field("date", 1) or ""
     raw_res = record.get("resolution_m")
     try:
@@ -105,6 +114,10 @@ def parse_record(
         raise ValueError(f"{stem}: cannot read the resolution (field 3 of the stem)") from err
     if resolution <= 0:
         raise ValueError(f"{stem}: resolution must be positive, got {resolution}")
+    raw_spacing = record.get("pixel_spacing_m")
+    spacing = float(np.asarray(raw_spacing).item()) if raw_spacing is not None else 0.0
+    if raw_spacing is not None and not (np.isfinite(spacing) and spacing > 0):
+        raise ValueError(f"{stem}: pixel_spacing_m must be positive, got {spacing}")
     season = _text(record.get("season"))
     if not season:
         try:
@@ -112,8 +125,8 @@ def parse_record(
         except (IndexError, ValueError) as err:
             raise ValueError(f"{stem}: cannot read the month of date {date!r}") from err
         season = season_of(glacier, month)
-    if season not in ("winter", "summer"):
-        raise ValueError(f"{stem}: season must be 'winter' or 'summer', got {season!r}")
+    if season not in SEASONS:
+        raise ValueError(f"{stem}: season must be one of {SEASONS}, got {season!r}")
 
     for key in ("zones", "front") + (("sar",) if require_sar else ()):
         if record.get(key) is None:
@@ -153,6 +166,7 @@ def parse_record(
         resolution_m=resolution,
         season=season,
         date=date,
+        pixel_spacing_m=spacing,
     )
 
 
@@ -192,9 +206,9 @@ def evaluate_image(
             f"{image.zones.shape}"
         )
     pred_front = postprocess_zones(
-        pred_zones, image.resolution_m, image.bbox, length_rule=length_rule
+        pred_zones, image.pixel_spacing_m, image.bbox, length_rule=length_rule
     )
-    dist = metrics_lib.front_distances(pred_front, image.front, image.resolution_m)
+    dist = metrics_lib.front_distances(pred_front, image.front, image.pixel_spacing_m)
     row = {
         "stem": image.stem,
         "glacier": image.glacier,
@@ -203,11 +217,14 @@ def evaluate_image(
         "sensor": image.sensor,
         "sensor_group": metrics_lib.sensor_group(image.sensor),
         "resolution_m": image.resolution_m,
+        "pixel_spacing_m": image.pixel_spacing_m,
         "height": image.zones.shape[0],
         "width": image.zones.shape[1],
         "has_front": dist is not None,
         "mde_m": dist.mean_m if dist else float("nan"),
+        "mde_px": dist.mean_m / image.pixel_spacing_m if dist else float("nan"),
         "front_sum_m": dist.total_m if dist else float("nan"),
+        "front_sum_px": dist.total_m / image.pixel_spacing_m if dist else float("nan"),
         "front_count": dist.count if dist else 0,
         "n_pred_front": int(pred_front.sum()),
         "n_true_front": int(image.front.sum()),
@@ -351,7 +368,7 @@ def evaluate_records(
                 image.zones,
                 pred_front,
                 image.front,
-                image.resolution_m,
+                image.pixel_spacing_m,
                 image.bbox,
             )
             report.atomic_save_png(os.path.join(out_dir, "overlays", f"{image.stem}.png"), picture)

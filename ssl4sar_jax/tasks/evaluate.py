@@ -31,7 +31,7 @@ from ssl4sar_jax.tasks.base import model_config_from
 from ssl4sar_jax.tasks.finetune import prepare_sources
 
 
-def _load_member(path: str, template: dict[str, Any], which: str) -> dict[str, Any]:
+def load_member(path: str, template: dict[str, Any], which: str) -> dict[str, Any]:
     """Parameters of one ensemble member as a pure dict shaped like ``template``."""
     path = os.path.expanduser(path)
     if path.endswith(".npz"):
@@ -75,7 +75,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     )
     predict_fns = []
     for path in config.checkpoints:
-        member = jax.device_put(_load_member(path, template, config.which), repl)
+        member = jax.device_put(load_member(path, template, config.which), repl)
         predict_fns.append(
             steps.numpy_predictor(
                 predict_jit,

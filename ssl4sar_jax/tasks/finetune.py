@@ -9,7 +9,6 @@ scored by ``ssl4sar_jax.evaluation`` — val MDE (model selection, lower is bett
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,54 +24,16 @@ from ssl4sar_jax.tasks import base
 UNDEFINED_MDE = metrics_lib.MDE_UNDEFINED
 
 
-def prepare_sources(config, dataset_name: str) -> dict[str, Any]:
-    """Open the TFDS dataset of ``config.data``; build it first if allowed (synthetic data).
+def prepare_sources(config, dataset_name: str | None = None) -> dict[str, Any]:
+    """``{split: source}`` of ``config.data`` (see ``ssl4sar_jax.data.open_sources``).
 
-    Raises:
-        FileNotFoundError: with the command to run, when the dataset is not prepared.
+    ``dataset_name`` is the task's dataset when the config names none (``config.data.name``).
     """
     from ssl4sar_jax import data
 
-    data_dir = base.data_dir_of(config)
-    kwargs = dict(config=config.data.config, data_dir=data_dir)
-    manual_dir = config.data.get("manual_dir") or ""
-    if manual_dir:
-        kwargs["manual_dir"] = os.path.expanduser(manual_dir)
-    prepared = _is_prepared(dataset_name, config.data.config, data_dir)
-    if not prepared and config.data.config != "synthetic":
-        if not config.data.get("prepare", True):
-            raise FileNotFoundError(
-                f"Dataset {dataset_name}/{config.data.config} is not prepared in {data_dir}. "
-                "Prepare it (docs/data.md) or run with --config.data.prepare=True."
-            )
-        if manual_dir and not os.path.isdir(kwargs["manual_dir"]):
-            raise FileNotFoundError(
-                f"Dataset {dataset_name}/{config.data.config} is not prepared in {data_dir} and "
-                f"config.data.manual_dir={manual_dir!r} does not exist. Point "
-                "--config.data.manual_dir at the folder with the downloaded archive "
-                "(docs/data.md), or use --config.data.config=synthetic for a demo."
-            )
-    try:
-        return data.prepare(dataset_name, **kwargs)
-    except Exception as err:  # the data layer's own message says what is wrong
-        raise FileNotFoundError(
-            f"Could not open or prepare {dataset_name}/{config.data.config} in {data_dir}: {err}. "
-            "For the real datasets set --config.data.manual_dir to the folder with the "
-            "downloaded archive (docs/data.md); for a demo use config 'synthetic'."
-        ) from err
-
-
-def _is_prepared(name: str, config_name: str, data_dir: str) -> bool:
-    """Whether TFDS already holds the prepared dataset (no build, no download)."""
-    try:
-        import tensorflow_datasets as tfds
-
-        import ssl4sar_jax  # noqa: F401  (registers the builders)
-
-        builder = tfds.builder(name, config=config_name, data_dir=data_dir)
-        return bool(builder.is_prepared())
-    except Exception:  # unknown config etc.: let data.prepare report it
-        return False
+    data_cfg = config.data.to_dict()
+    data_cfg.setdefault("name", dataset_name)
+    return data.open_sources(data_cfg)
 
 
 class FinetuneTask(base.Task):
@@ -132,7 +93,8 @@ class FinetuneTask(base.Task):
                 self.context,
             )
         )
-        return data.make_finetune_iterator(
+        return data.make_iterator(
+            {"name": "caffe", **self.config.data.to_dict()},
             sources[self.config.data.train_split],
             global_batch_size=self.config.batch_size,
             seed=seed,

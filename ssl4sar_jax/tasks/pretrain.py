@@ -63,8 +63,12 @@ class PretrainTask(base.Task):
                 self.model_config.img_size,
             )
         )
-        return data.make_pretrain_iterator(
-            source, global_batch_size=batch_size, seed=seed, sampler=sampler
+        return data.make_iterator(
+            {"name": "ssl4sar", **self.config.data.to_dict()},
+            source,
+            global_batch_size=batch_size,
+            seed=seed,
+            sampler=sampler,
         )
 
     def train_iterator(self, sources, seed) -> Iterator[dict]:

@@ -4,6 +4,9 @@ Configs:
     * ``full``: the SSL4SAR pretraining data (Zenodo 14748506), extracted into the manual_dir in
       the layout of ``ssl4sar_jax.data.ssl4sar_files`` (``unlabeled_data_raw_{train,val}/`` +
       ``data_optical/``). The Zenodo file names are not known here; see README.md.
+    * ``folder-<key>`` (made by `folder_config`, CLI ``--config.data.config=folder``): a folder of
+      your own in that layout, keyed on the folder path, its content listing and the options;
+      validation from ``unlabeled_data_raw_val/`` or from named glaciers of the training folder.
     * ``synthetic``: S1 time series with a moving front + one 15-band S2 GeoTIFF (real CRS and
       transform) per glacier, generated from a seed by ``ssl4sar_jax.data.synthetic``.
 
@@ -15,15 +18,18 @@ access for the pipeline; costs disk space on the real data, see README.md).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-from ssl4sar_jax.builders.caffe.caffe_dataset_builder import png_bytes
 
+from ssl4sar_jax.builders.caffe.caffe_dataset_builder import FormatConvertingBuilder, png_bytes
 from ssl4sar_jax.constants import NUM_OPTICAL_BANDS
-from ssl4sar_jax.data import ssl4sar_files
+from ssl4sar_jax.data import caffe_files, ssl4sar_files
 from ssl4sar_jax.data.caffe_files import read_gray_png
 from ssl4sar_jax.data.synthetic_specs import SyntheticSSL4SARSpec
 
@@ -37,12 +43,53 @@ B8A, WVP, SCL), co-registered on the same pixel grid.
 
 @dataclasses.dataclass(eq=False)
 class SSL4SARConfig(tfds.core.BuilderConfig):
-    """Config: `synthetic` set -> generate offline data with that spec; None -> manual_dir."""
+    """Config.
+
+    Attributes:
+        synthetic: generate offline data with this spec; None -> real files.
+        root: own data (`folder_config`): the folder; "" = the manual_dir.
+        val_glaciers: glaciers of the training folder that form the validation split (empty =
+            ``unlabeled_data_raw_val/``).
+        sar_conversion: ``"none"`` (refuse SAR that is not 8-bit grey) or ``"gray8"``.
+    """
 
     synthetic: SyntheticSSL4SARSpec | None = None
+    root: str = ""
+    val_glaciers: tuple[str, ...] = ()
+    sar_conversion: str = "none"
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+def folder_config(
+    root: str | os.PathLike, *, val_glaciers: tuple[str, ...] = (), sar_conversion: str = "none"
+) -> SSL4SARConfig:
+    """The config for an SSL4SAR-layout folder of your own, named ``folder-<12 hex digits>``.
+
+    Raises:
+        SSL4SARDataError: when the folder lacks the layout (says what was found).
+    """
+    located = ssl4sar_files.locate_manual_dir(root).resolve()
+    if sar_conversion not in caffe_files.SAR_CONVERSIONS:
+        raise ValueError(
+            f"sar_conversion must be one of {caffe_files.SAR_CONVERSIONS}, got {sar_conversion!r}"
+        )
+    val_glaciers = tuple(sorted(set(val_glaciers)))
+    key = {
+        "root": str(located),
+        "content": caffe_files.folder_fingerprint(located),
+        "val_glaciers": val_glaciers,
+        "sar_conversion": sar_conversion,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return SSL4SARConfig(
+        name=f"folder-{digest}",
+        description=f"Own SSL4SAR-layout data from {located} (val_glaciers={list(val_glaciers)}).",
+        root=str(located),
+        val_glaciers=val_glaciers,
+        sar_conversion=sar_conversion,
+    )
+
+
+class Builder(FormatConvertingBuilder):
     """SSL4SAR S1/S2 pairs for OptSimMIM / OptTranslator pretraining."""
 
     # README.md / CITATIONS.bib / TAGS.txt sit next to this file (tfds' own lookup goes through the
@@ -66,13 +113,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     `data_optical/data_optical/`). TYRION's scripts extract `unlabeled_data_raw_train.tar`,
     `unlabeled_data_raw_val.tar` and `data_optical.tar` this way.
     """
-
-    def __init__(self, *, file_format: str | None = None, **kwargs):
-        super().__init__(file_format=file_format, **kwargs)
-        # ArrayRecord by default: it is written and read without TensorFlow. A dataset already
-        # prepared on disk keeps its own format (e.g. TFRecord for `tfds.load`).
-        if file_format is None and not self.is_prepared():
-            self.info.set_file_format("array_record", override=True)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -100,21 +140,28 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             from ssl4sar_jax.data.synthetic import generate_ssl4sar  # numpy/scipy renderer
 
             return generate_ssl4sar(out, spec)
-        return Path(dl_manager.manual_dir)
+        cfg = self.builder_config
+        if cfg.root:
+            return ssl4sar_files.locate_manual_dir(cfg.root)
+        explicit = getattr(self, "_explicit_manual_dir", None)
+        manual = explicit or Path(os.fspath(dl_manager.download_dir)) / "manual"
+        return ssl4sar_files.locate_manual_dir(os.fspath(manual))
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        items, _ = ssl4sar_files.validate_ssl4sar_root(self._root(dl_manager))
-        splits = {"train": self._generate_examples(items["train"])}
-        if items["validation"]:
-            splits["validation"] = self._generate_examples(items["validation"])
-        return splits
+        cfg = self.builder_config
+        items, _ = ssl4sar_files.validate_ssl4sar_root(
+            self._root(dl_manager), val_glaciers=cfg.val_glaciers, sar_conversion=cfg.sar_conversion
+        )
+        return {split: self._generate_examples(its) for split, its in items.items()}
 
     def _generate_examples(self, items: list[ssl4sar_files.S1Item]):
         cache: dict[Path, np.ndarray] = {}
         for item in items:
             if item.optical_path not in cache:  # one per glacier (14 on the real data)
                 cache[item.optical_path] = ssl4sar_files.read_optical(item.optical_path)
-            sar = read_gray_png(item.path.read_bytes(), str(item.path))
+            sar = read_gray_png(
+                item.path.read_bytes(), str(item.path), self.builder_config.sar_conversion
+            )
             yield (
                 item.stem,
                 {

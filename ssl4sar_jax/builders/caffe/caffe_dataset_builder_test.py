@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
-from ssl4sar_jax.builders.caffe.caffe_dataset_builder import CaffeConfig
 
 import ssl4sar_jax  # noqa: F401  (registers the builders)
+from ssl4sar_jax.builders.caffe.caffe_dataset_builder import CaffeConfig
 from ssl4sar_jax.data import caffe_files
 from ssl4sar_jax.data.synthetic_specs import SyntheticCaffeSpec
 
@@ -67,9 +67,10 @@ def test_records_match_files_and_interface(prepared):
         lut = {0: 0, 64: 1, 127: 2, 254: 3}
         np.testing.assert_array_equal(rec["zones"], np.vectorize(lut.get)(zones_png))
         np.testing.assert_array_equal(rec["front"], (front_png == 255).astype(np.uint8))
-        assert rec["bbox"].shape == (4, 2) and rec["bbox"].dtype == np.float32
+        assert rec["bbox"].shape == (4, 2) and rec["bbox"].dtype == np.float64
         box_text = (DUMMY / f"data_raw/bounding_boxes/{stem}_front_extent_coord.txt").read_text()
-        np.testing.assert_allclose(rec["bbox"], caffe_files.parse_bbox(box_text, stem))
+        np.testing.assert_array_equal(rec["bbox"], caffe_files.parse_bbox(box_text, stem))
+        assert rec["pixel_spacing_m"] == float(name.resolution_m)
         assert rec["glacier"].decode() == name.glacier in ("COL", "Mapple")
         assert rec["sensor"].decode() == name.sensor
         assert rec["resolution_m"] == name.resolution_m

@@ -1,0 +1,1 @@
+"""TFDS dataset folder of the ``caffe`` builder (see ``caffe_dataset_builder.py``)."""
