@@ -66,7 +66,10 @@ def _assert_params(step_dir_a, step_dir_b):
     a, b = checkpointing.read_params(str(step_dir_a)), checkpointing.read_params(str(step_dir_b))
     assert set(a) == set(b)
     for key in a:
-        np.testing.assert_allclose(a[key], b[key], atol=ATOL, rtol=0, err_msg=key)
+        # rtol as well: the micro OptSimMIM's first-block q_bias grows to ~2e6 within 2 steps (a
+        # property of the micro model, not of multi-process runs), where float32 summation order
+        # alone moves it by ~10 (5e-6 relative).
+        np.testing.assert_allclose(a[key], b[key], atol=ATOL, rtol=ATOL, err_msg=key)
 
 
 def _step_dir(workdir, step):
