@@ -1,9 +1,10 @@
 """Speed of the evaluation of a whole CaFFe test split from saved predictions (no model).
 
 122 synthetic images with the test split's composition (COL: 18 S1 + 47 TDX; Mapple: 10 ENVISAT,
-2 ERS, 8 PALSAR, 15 S1, 22 TSX; ``data_and_evaluation.md`` §1.6) and per-glacier image sizes that
+2 ERS, 8 PALSAR, 15 S1, 22 TSX; Gourmelon et al. 2022, ESSD) and per-glacier image sizes that
 scale with the pixel spacing (the extent of a glacier scene is fixed in metres). The sizes are
-assumptions within the reported range (heights 405-3,561, widths 382-4,476; §1.4): the largest
+assumptions within the range of the CaFFe images (heights 405-3,561, widths 382-4,476 pixels):
+the largest
 (3561 x 4476) is used for COL at 7 m. Content: a wavy glacier/ocean boundary with rock, an NA
 strip, icebergs and lakes; the "prediction" is the label with a shifted boundary and extra blobs,
 so hole filling, component selection, length filtering and the box all do work.
@@ -29,6 +30,7 @@ from ssl4sar_jax.evaluation.ensemble import predict_probabilities
 from ssl4sar_jax.evaluation.postprocess import front_from_zones
 from ssl4sar_jax.evaluation.runner import evaluate_image, parse_record, summarise, write_outputs
 from ssl4sar_jax.evaluation.tiling import make_layout
+from ssl4sar_jax.progress import Progress
 
 # (glacier, sensor, resolution_m, count, (height, width)); sizes assumed, see the docstring.
 TEST_SPLIT = [
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rows, timed, pixels, index = [], 0.0, 0, 0
     start_all = time.perf_counter()
+    meter = Progress(args.images, "images")
     for glacier, sensor, res, count, (h, w) in TEST_SPLIT:
         h, w = max(16, int(h * args.scale)), max(16, int(w * args.scale))
         for i in range(count):
@@ -124,10 +127,9 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
             pixels += h * w
             index += 1
-            done_rate = index / max(time.perf_counter() - start_all, 1e-9)
+            meter.update(index)
             print(
-                f"[{index}/{args.images}] {record['stem']} {h}x{w}: MDE {row['mde_m']:.0f} m | "
-                f"{done_rate:.2f} images/s, ETA {(args.images - index) / done_rate:.0f} s",
+                f"{record['stem']} {h}x{w}: MDE {row['mde_m']:.0f} m | {meter.describe()}",
                 file=sys.stderr,
                 flush=True,
             )

@@ -9,7 +9,8 @@ Measures, in one process:
    dropout on,
 
 and prints a Markdown table with images/s and achieved GFLOP/s. The paper configuration
-costs 163.0 GFLOPs per forward at 512 x 512 (matmul + conv, model_and_training.md §1.9) and
+costs 163.0 GFLOPs per forward at 512 x 512 (matmul + conv, counted with
+``torch.utils.flop_counter`` on the TYRION model, 2 FLOPs per multiply-add) and
 about 3x that per train step; XLA's own count (``cost_analysis``) is shown next to it.
 
 ``--devices N`` simulates N host devices (``JAX_NUM_CPU_DEVICES``) and shards the batch over
@@ -24,7 +25,6 @@ Example (the numbers in docs/model.md)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
+    from ssl4sar_jax import io_utils
     from ssl4sar_jax.models import ModelConfig, SSL4SARSegmenter
 
     temp_gb_by_label: dict[str, float] = {}
@@ -242,10 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         table += [f"| {name} | {sec:.3f} | {gf:.1f} |" for name, sec, gf in conv_rows]
     print("\n" + "\n".join(table))
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(tmp, args.json)
+        io_utils.write_json_atomic(args.json, results, indent=1)
     return 0
 
 

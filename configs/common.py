@@ -81,6 +81,15 @@ def schedule(c, *, batch_size, grad_accum_steps, total_steps, log_every, val_eve
     c.val.at_start = False
     c.val.batch_size = 8  # tiles / examples per predict or loss call (global)
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=ckpt_every, keep=2, async_save=True))
+    # Save only healthy states: finite, loss and l2_params within this factor of their recent
+    # median (0 = finite only); stop after max_refused_saves refused saves in a row.
+    c.checkpoint.health_factor = 10.0
+    c.checkpoint.max_refused_saves = 3
+    # Workdir rules (docs/training.md, "Workdir guarantees"): start anew in a workdir with
+    # history (the old files are moved to overwritten/); accept meaning-changing config keys
+    # on resume, e.g. "seed,batch_size" ("*" = any).
+    c.overwrite = False
+    c.allow_config_change = ""
 
 
 def init_from(mode: str = "imagenet", path: str = "swinv2_tiny_patch4_window16_256.pth"):

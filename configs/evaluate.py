@@ -1,4 +1,5 @@
-r"""Evaluation of fine-tuned checkpoint(s) on a CaFFe split (`model_and_training.md` §5).
+r"""Evaluation of fine-tuned checkpoint(s) on a CaFFe split (protocol of Nora-Go/TYRION
+``Evaluation.py`` and ``Evaluation_test_time_aug_ensemble.py``).
 
 Reference protocol (default): overlapping tiles at stride 128 with Gaussian blending of the
 centre-256 softmax, test split, no TTA; ``--config.tta=True`` adds the 4 rotations, several

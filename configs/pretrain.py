@@ -1,4 +1,6 @@
-r"""Self-supervised pretraining on Sentinel-1 SAR + Sentinel-2 optical pairs (`model_and_training.md` §4).
+r"""Self-supervised pretraining on Sentinel-1 SAR + Sentinel-2 optical pairs (OptSimMIM / OptTranslator of
+Gourmelon et al. 2025, TGRS; recipes of Nora-Go/TYRION ``Config/model/OptSimMIM.yaml`` and
+``Config/model/OptTranslator.yaml``).
 
 Variants (``--config configs/pretrain.py:<variant>``):
 

@@ -50,6 +50,25 @@ NUM_OPTICAL_BANDS = 14
 
 SEASONS: tuple[str, ...] = ("winter", "summer", "unknown")
 
+# The fields of a CaFFe file stem, in order: <Glacier>_<YYYY-MM-DD>_<Sensor>_<Res>_<Quality>_<Orbit>.
+STEM_FIELDS: tuple[str, ...] = (
+    "glacier",
+    "date",
+    "sensor",
+    "resolution_m",
+    "quality_factor",
+    "orbit",
+)
+
+
+def stem_fields(stem: str) -> dict[str, str]:
+    """The ``_``-separated fields of a CaFFe-style stem by name, as many as it has (unchecked).
+
+    `ssl4sar_jax.data.caffe_files.parse_stem` validates a whole stem; evaluation uses this to
+    fill metadata a record does not carry.
+    """
+    return dict(zip(STEM_FIELDS, stem.split("_"), strict=False))
+
 
 def season_of(glacier: str, month: int, hemisphere: str | None = None) -> str:
     """Season by the CaFFe hemisphere rule.

@@ -1,6 +1,8 @@
 """Training losses of SSL4SAR (fine-tuning and both self-supervised objectives).
 
-Definitions follow `model_and_training.md` §3.2 (fine-tuning) and §4.2–§4.4 (pretraining):
+Definitions follow Nora-Go/TYRION (fine-tuning: ``TyrionWrapper.calculate_loss`` and
+``model/loss/ImprovedLosses.py``; pretraining: ``model/pretraining/OptSimMIM.py`` and
+``OptTranslator.py``):
 
 * Fine-tuning: ``0.5·CE(centre) + 0.5·CE(context) + 0.5·Dice(centre) + 0.5·Dice(context)`` where
   the centre is the central crop of the context logits (so centre pixels count twice, as in the
@@ -22,28 +24,10 @@ import jax
 import jax.numpy as jnp
 
 # The OptSimMIM target layout is defined once, next to the head whose output it matches.
+from ssl4sar_jax.array_utils import centre_crop
 from ssl4sar_jax.models.pretrain_heads import patchify  # noqa: F401  (re-exported)
 
 DICE_SMOOTH = 1e-5
-
-
-def center_crop(x: jax.Array, size: int) -> jax.Array:
-    """Central ``size × size`` crop of ``[B, H, W, ...]`` (torchvision ``CenterCrop`` offsets).
-
-    Args:
-        x: Array ``[B, H, W, ...]``.
-        size: Side of the crop; must not exceed ``H`` or ``W``.
-
-    Returns:
-        ``[B, size, size, ...]``.
-    """
-    height, width = x.shape[1], x.shape[2]
-    if size > height or size > width:
-        raise ValueError(f"centre crop {size} larger than the input {height}x{width}")
-    # torchvision: top = int(round((H - size) / 2.0)).
-    top = int(round((height - size) / 2.0))
-    left = int(round((width - size) / 2.0))
-    return x[:, top : top + size, left : left + size]
 
 
 def smooth_cross_entropy(
@@ -123,7 +107,7 @@ def finetune_loss(
     smoothing_mode: str = "reference",
     dice_group_size: int = 0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Context/centre fine-tuning loss of TYRION (`model_and_training.md` §3.2).
+    """Context/centre fine-tuning loss of TYRION (``TyrionWrapper.calculate_loss``).
 
     Args:
         logits: ``[B, H, W, K]`` context logits (``H = W = 512`` in the paper).
@@ -141,8 +125,8 @@ def finetune_loss(
     """
     if logits.shape[:3] != zones.shape:
         raise ValueError(f"logits {logits.shape} and zones {zones.shape} disagree")
-    centre_logits = center_crop(logits, centre_size)
-    centre_zones = center_crop(zones, centre_size)
+    centre_logits = centre_crop(logits, centre_size)
+    centre_zones = centre_crop(zones, centre_size)
     terms = {
         "ce_img": smooth_cross_entropy(
             centre_logits, centre_zones, label_smoothing, smoothing_mode

@@ -9,6 +9,10 @@ Examples::
     python -m ssl4sar_jax.main --config configs/evaluate.py --workdir runs/eval \
         --config.checkpoints="('runs/ft',)" --config.tta=True
 
+Exit codes: 0 finished (or ``stop_after_steps``), 1 error (the message says what to do),
+2 bad flags or config keys, 42 preempted by SIGTERM after a clean save (rerun to resume),
+75 the workdir is locked by another live run.
+
 Any config field can be overridden with ``--config.<key>=<value>``; configs are locked, so a
 key that does not exist stops with an error naming it. Multi-host runs (docs/training.md) start
 ``jax.distributed`` from ``--coordinator_address/--num_processes/--process_id`` or from a
@@ -73,16 +77,46 @@ def main(argv: list[str]) -> int:
         jax.devices(),
     )
     from ssl4sar_jax import tasks
+    from ssl4sar_jax import workdir as workdir_lib
 
     entry = tasks.get_entry(config.task)
-    result = entry.run(config, _WORKDIR.value)
+    try:
+        result = entry.run(config, _WORKDIR.value)
+    except workdir_lib.WorkdirLockedError as err:
+        logging.error("%s", err)
+        return workdir_lib.EXIT_LOCKED
+    except _user_errors() as err:
+        # Errors whose message says what is wrong and what to do: no traceback.
+        logging.error("%s: %s", type(err).__name__, err)
+        return workdir_lib.EXIT_ERROR
     if entry.trains:
         _log_summary(result)
-    return 0
+        if result["stopped"] == "preempted":
+            # Distinct from a finished run, so a scheduler knows to requeue (state is saved).
+            return workdir_lib.EXIT_PREEMPTED
+    return workdir_lib.EXIT_OK
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Refusals whose message says what is wrong and what to do (logged without traceback)."""
+    from ssl4sar_jax import checkpointing, health, metrics_lib
+    from ssl4sar_jax import workdir as workdir_lib
+
+    return (
+        workdir_lib.WorkdirHistoryError,
+        workdir_lib.ConfigChangeError,
+        checkpointing.CheckpointSaveError,
+        checkpointing.CheckpointIntegrityError,
+        checkpointing.CheckpointMismatchError,
+        metrics_lib.NonFiniteLossError,
+        health.DivergenceError,
+    )
 
 
 def _log_summary(summary: dict) -> None:
     """First -> last validation metrics and how the run ended."""
+    import jax
+
     history = summary["val_history"]
     if history:
         first, last = history[0], history[-1]
@@ -96,12 +130,44 @@ def _log_summary(summary: dict) -> None:
                     last[key],
                     last["step"],
                 )
+    if history and jax.process_index() == 0:
+        _write_final_metrics(_WORKDIR.value, summary)
     logging.info(
         "Finished (%s) at step %d in %.1f s.",
         summary["stopped"],
         summary["final_step"],
         summary["wall_time_s"],
     )
+
+
+def _write_final_metrics(workdir: str, summary: dict) -> None:
+    """Prints the last validation and writes it to ``<workdir>/final_metrics.json`` (atomically)."""
+    import json
+
+    last = summary["val_history"][-1]
+    final = {
+        "step": last["step"],
+        "wall_time_s": summary["wall_time_s"],
+        "best": summary["best"],
+        **{k: v for k, v in last.items() if k != "step"},
+    }
+    keys = (
+        "val/zones/iou_mean",
+        "val/zones/iou_glacier",
+        "val/front/mde_m",
+        "val/front/mde_px",
+        "val/front/missing_fronts",
+        "val/front/num_images",
+        "val/loss",
+    )
+    shown = ", ".join(f"{k.split('/')[-1]}={last[k]:.4g}" for k in keys if k in last)
+    logging.info("Final validation (step %d): %s", last["step"], shown)
+    print(f"Final validation (step {last['step']}): {shown}", flush=True)
+    path = os.path.join(workdir, "final_metrics.json")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(final, f, indent=2, default=float)
+    os.replace(tmp, path)
 
 
 def run() -> None:

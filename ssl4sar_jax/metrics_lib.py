@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
+
+from ssl4sar_jax import io_utils
+from ssl4sar_jax import progress as progress_lib
 
 HISTORY_FILE = "metrics.jsonl"
 # The value the reference logs for an undefined validation MDE.
@@ -46,14 +48,26 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss becomes NaN or Inf."""
 
 
-def check_finite(metrics: Mapping[str, float], step: int, last_good_step: int | None) -> None:
-    """Stop the run if the loss is not finite, naming the step and the checkpoint kept."""
+def check_finite(
+    metrics: Mapping[str, float],
+    step: int,
+    last_good_step: int | None,
+    advice: str | None = None,
+) -> None:
+    """Stop the run if the loss is not finite, naming the step and the checkpoint kept.
+
+    ``advice`` replaces the generic hint (the loop passes ``ssl4sar_jax.health.advice``).
+    """
     loss = float(metrics.get("loss", 0.0))
     if not math.isfinite(loss):
         raise NonFiniteLossError(
             f"Non-finite training loss ({loss}) at step {step}. The last good checkpoint is step "
-            f"{last_good_step} (not overwritten). Lower config.optim.learning_rate or check the "
-            "input data, then resume from the workdir."
+            f"{last_good_step} (not overwritten). "
+            + (
+                advice
+                or "Lower config.optim.learning_rate or check the input data, then resume from "
+                "the workdir."
+            )
         )
 
 
@@ -71,7 +85,7 @@ class MetricWriter:
         os.makedirs(workdir, exist_ok=True)
         # Forget history beyond the resumed step (it will be recomputed identically).
         rows = [r for r in read_history(workdir) if r["step"] <= resume_step]
-        _atomic_write_lines(self.history_path, [json.dumps(r) for r in rows])
+        io_utils.write_lines_atomic(self.history_path, [json.dumps(r) for r in rows])
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -109,60 +123,34 @@ def read_history(workdir: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _atomic_write_lines(path: str, lines: list[str]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
-
-
 class ProgressReporter:
-    """Console progress: steps/s, images/s and ETA, every ``every_steps`` steps."""
+    """Console progress of training: steps/s, images/s and ETA, every ``every_steps`` steps."""
 
     def __init__(self, total_steps: int, first_step: int, batch_size: int, every_steps: int = 10):
         self.total_steps = total_steps
         self.every_steps = max(1, every_steps)
         self.batch_size = batch_size
-        self._t0 = time.perf_counter()
-        self._step0 = first_step
+        self.meter = progress_lib.Progress(total_steps, "steps", done=first_step)
         self.steps_per_sec = float("nan")
 
     def reset_timer(self, step: int) -> None:
         """Restart timing (e.g. after compilation or a validation pass)."""
-        self._t0 = time.perf_counter()
-        self._step0 = step
+        self.meter.restart(step)
 
     def update(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
         """Print progress at the cadence; returns the timing scalars to log (may be empty)."""
         if step % self.every_steps and step != self.total_steps:
             return {}
-        elapsed = time.perf_counter() - self._t0
-        done = step - self._step0
-        if done <= 0 or elapsed <= 0:
+        self.meter.update(step)
+        if not math.isfinite(self.meter.rate):
             return {}
-        self.steps_per_sec = done / elapsed
-        eta = (self.total_steps - step) / self.steps_per_sec
+        self.steps_per_sec = self.meter.rate
         shown = " ".join(f"{k}={float(v):.4g}" for k, v in metrics.items() if k.startswith("loss"))
-        logging.info(
-            "step %d/%d %s | %.3f steps/s, %.2f images/s, ETA %s",
-            step,
-            self.total_steps,
-            shown,
-            self.steps_per_sec,
-            self.steps_per_sec * self.batch_size,
-            _format_seconds(eta),
-        )
+        logging.info("%s  %s", self.meter.describe({"images": self.batch_size}), shown)
         return {
             "perf/steps_per_sec": self.steps_per_sec,
             "perf/images_per_sec": self.steps_per_sec * self.batch_size,
         }
-
-
-def _format_seconds(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours:d}:{minutes:02d}:{secs:02d}"
 
 
 def plot_curves(workdir: str, out_path: str | None = None, title: str = "") -> str | None:
@@ -231,9 +219,5 @@ def plot_curves(workdir: str, out_path: str | None = None, title: str = "") -> s
         fig.suptitle(title)
     fig.tight_layout()
     out_path = out_path or os.path.join(workdir, "curves.png")
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = out_path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out_path)
+    io_utils.save_figure(fig, out_path, dpi=110)
     return out_path

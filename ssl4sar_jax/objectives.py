@@ -33,6 +33,7 @@ from ssl4sar_jax import losses
 from ssl4sar_jax.models.config import ModelConfig
 from ssl4sar_jax.models.pretrain_heads import OptSimMIMModel, OptTranslatorModel
 from ssl4sar_jax.models.segmenter import SSL4SARSegmenter
+from ssl4sar_jax.registry import Registry
 
 Batch = Mapping[str, jax.Array]
 LossFn = Callable[
@@ -71,32 +72,27 @@ class Objective:
         return self.loss is not None and self.batch_spec is not None
 
 
-_REGISTRY: dict[str, Objective] = {}
+_REGISTRY: Registry[Objective] = Registry("objective")
 
 
 def register_objective(objective: Objective, *, replace: bool = False) -> Objective:
     """Adds ``objective`` to the registry (``replace=True`` to overwrite an entry)."""
-    if objective.name in _REGISTRY and not replace:
-        raise ValueError(f"objective {objective.name!r} is already registered")
-    _REGISTRY[objective.name] = objective
-    return objective
+    return _REGISTRY.add(objective.name, objective, replace=replace)
 
 
 def unregister_objective(name: str) -> None:
     """Removes an entry (tests that register a temporary objective)."""
-    _REGISTRY.pop(name, None)
+    _REGISTRY.remove(name)
 
 
 def get_objective(name: str) -> Objective:
     """The registered objective ``name``; ValueError naming the known ones otherwise."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown objective {name!r}; expected one of {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 def objective_names(*, trainable_only: bool = False) -> tuple[str, ...]:
     """Registered names in registration order (``trainable_only``: the pretraining ones)."""
-    return tuple(n for n, o in _REGISTRY.items() if o.trainable or not trainable_only)
+    return tuple(o.name for o in _REGISTRY.values() if o.trainable or not trainable_only)
 
 
 def torch_head_keys() -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Optimiser and learning-rate control of the reference recipes (`model_and_training.md` §3.3, §4).
+"""Optimiser and learning-rate control of the SSL4SAR recipes (Nora-Go/TYRION
+``model/modules/TyrionWrapper.py:configure_optimizers`` and the pretraining modules).
 
 * SGD with PyTorch-style momentum (``buf = m·buf + g; p -= lr·buf``, no dampening, no Nesterov)
   and *coupled* weight decay on every parameter: ``optax.add_decayed_weights`` before
@@ -22,7 +23,9 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
     Expected keys: ``name`` ("sgd" | "adamw"), ``learning_rate``, ``momentum``,
     ``weight_decay``, optional ``nesterov`` and ``grad_clip_norm`` (0 = off, the reference has no
-    clipping).
+    clipping), optional ``schedule`` ("constant", the reference; or "warmup_cosine": linear
+    warm-up over ``warmup_steps`` from 0, then cosine decay to ``end_lr_factor`` x the peak at
+    ``config.total_steps``, for short from-scratch runs).
 
     Returns:
         An optax transformation whose state holds ``hyperparams["learning_rate"]``.
@@ -51,7 +54,32 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
             raise ValueError(f"config.optim.name must be 'sgd' or 'adamw', got {optim.name!r}")
         return optax.chain(*parts)
 
-    return optax.inject_hyperparams(build)(learning_rate=float(optim.learning_rate))
+    schedule = str(optim.get("schedule", "constant") or "constant")
+    peak = float(optim.learning_rate)
+    if schedule == "constant":
+        learning_rate = peak
+    elif schedule == "warmup_cosine":
+        total = int(config.get("total_steps", 0) or 0)
+        warmup = int(optim.get("warmup_steps", 0) or 0)
+        if total <= warmup:
+            raise ValueError(
+                f"config.optim.schedule='warmup_cosine' needs total_steps ({total}) > "
+                f"optim.warmup_steps ({warmup})"
+            )
+        learning_rate = optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=peak,
+            warmup_steps=warmup,
+            decay_steps=total,
+            end_value=peak * float(optim.get("end_lr_factor", 0.0)),
+        )
+    else:
+        raise ValueError(
+            f"config.optim.schedule must be 'constant' or 'warmup_cosine', got {schedule!r}"
+        )
+    # A schedule is evaluated inside the jitted update from the optimiser's own step count,
+    # so it resumes exactly from a checkpoint.
+    return optax.inject_hyperparams(build)(learning_rate=learning_rate)
 
 
 def get_learning_rate(opt_state: Any) -> float:

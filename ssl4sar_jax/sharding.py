@@ -2,8 +2,9 @@
 
 * The mesh comes from ``config.mesh`` — a list of ``(axis_name, size)`` with one ``-1`` — over
   ``jax.devices()`` (all processes). Axes are ``AxisType.Auto`` so GSPMD propagates shardings
-  through convolutions (Explicit axes fail on them in the installed JAX). With several
-  processes the ``"data"`` axis is laid out process by process, so process ``p`` holds rows
+  through convolutions (with ``AxisType.Explicit``, sharding parameters on the batch axis makes
+  ``conv_general_dilated`` ask for an explicit ``out_sharding``). With several processes the
+  ``"data"`` axis is laid out process by process, so process ``p`` holds rows
   ``[p * b, (p + 1) * b)`` of every global batch (what the data pipelines yield).
 * Batches are sharded on their leading axis over ``"data"``.
 * Parameters and optimiser state follow a named preset, ``config.sharding``:
@@ -43,6 +44,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from ssl4sar_jax.param_utils import path_to_str  # noqa: F401  (re-exported: sharding rules match these paths)
 
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
@@ -215,19 +218,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def replicated(mesh: Mesh) -> NamedSharding:
     """Fully replicated sharding."""
     return NamedSharding(mesh, P())
-
-
-def path_to_str(path: Sequence[Any]) -> str:
-    """``/``-joined readable form of a ``jax.tree_util`` key path."""
-    parts = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
 
 
 def _spec_fits(shape: Sequence[int], spec: Sequence[Any], mesh: Mesh) -> bool:

@@ -28,6 +28,7 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from ssl4sar_jax import array_utils
 from ssl4sar_jax import sharding as sharding_lib
 
 if TYPE_CHECKING:
@@ -181,11 +182,7 @@ def numpy_predictor(
         tiles = np.asarray(tiles, np.float32)
         outputs = []
         for start in range(0, len(tiles), batch_size):
-            chunk = tiles[start : start + batch_size]
-            count = len(chunk)
-            if count < batch_size:
-                pad = np.zeros((batch_size - count, *chunk.shape[1:]), chunk.dtype)
-                chunk = np.concatenate([chunk, pad])
+            chunk, count = array_utils.pad_batch(tiles[start : start + batch_size], batch_size)
             per_process = batch_size // processes
             local = chunk[
                 jax.process_index() * per_process : (jax.process_index() + 1) * per_process

@@ -14,8 +14,13 @@ section calls a named helper of this module:
   every step in list order: `TrainLogger` (TensorBoard, JSONL history, steps/s and ETA),
   `Validator` (the task's validation, best checkpoint, reduce-on-plateau), `StopCheck`
   (SIGTERM preemption, ``config.stop_after_steps``), `Saver` (periodic / final / stop saves);
-* `LossGuard`: every step's loss is checked (on the host, before any action that logs or
-  saves), so a NaN/Inf stops the run with its step number and the last good checkpoint.
+* `LossGuard`: every step's loss and parameter norm are checked (on the host, before any
+  action that logs or saves), so a NaN/Inf stops the run with its step number and the last
+  good checkpoint, and `HealthySave` only saves states that are finite and not exploding;
+* the workdir guarantees (docs/training.md): one writer (`ssl4sar_jax.workdir` lock), verified
+  checkpoints with fallback (`checkpointing.open_run`), config changes on resume checked and
+  recorded (`checkpointing.restore_run`, ``config_history.jsonl``), start-up split checks, and
+  background save failures raised at the next step.
 
 The only state that changes while training is one `LoopState`; the task says what is trained
 (model, loss, data, validation) and the loop never asks which objective it runs.
@@ -24,7 +29,6 @@ The only state that changes while training is one `LoopState`; the task says wha
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -38,11 +42,11 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from flax import nnx
 from jax.experimental import multihost_utils
 
-from ssl4sar_jax import checkpointing, metrics_lib, optim, steps
+from ssl4sar_jax import checkpointing, health, io_utils, metrics_lib, optim, param_utils, steps
 from ssl4sar_jax import sharding as sharding_lib
+from ssl4sar_jax import workdir as workdir_lib
 from ssl4sar_jax.tasks import base as task_base
 from ssl4sar_jax.tasks import get_task
 
@@ -60,17 +64,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns:
         Summary dict: ``final_step``, ``first_step``, ``train_metrics`` (last logged),
         ``val_history`` (list of validation dicts), ``best`` (value), ``stopped`` (reason),
-        ``wall_time_s``, ``param_count``, ``init_report`` (when initialised from a checkpoint),
+        ``wall_time_s``, ``param_count``, ``init_report`` (`LoadReport.to_dict()`, when initialised),
         ``curves_png``.
 
     Raises:
         metrics_lib.NonFiniteLossError: when the loss becomes NaN/Inf.
+        health.DivergenceError: when the run diverges without NaN (saves refused in a row).
         checkpointing.CheckpointMismatchError: when the workdir holds another model's run.
+        checkpointing.CheckpointSaveError: when a (background) checkpoint save failed.
+        workdir_lib.WorkdirLockedError: when another live run holds the workdir.
+        workdir_lib.WorkdirHistoryError: history but nothing to resume (and no overwrite).
+        workdir_lib.ConfigChangeError: a meaning-changing config change on resume.
     """
-    t_start = time.perf_counter()
-    metrics_lib.quiet_orbax_logs()
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
+    # One writer per workdir: a second run stops here, naming the holder.
+    with workdir_lib.acquire(workdir):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """`train_and_evaluate` with the workdir locked."""
+    t_start = time.perf_counter()
+    metrics_lib.quiet_orbax_logs()
 
     # ----------------------------------------------------------------- set-up
     task = get_task(config)
@@ -78,21 +94,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     validate_config(config, sharding_lib.data_size(mesh))
     # Data first: a missing dataset must fail before any compilation or checkpoint work.
     sources = task.prepare_data()
+    task_base.check_splits(sources, task.required_splits())  # every split used, non-empty
     iterator = task.train_iterator(sources, int(config.seed))
-    checkpointer = checkpointing.RunCheckpointer(
-        workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
-    )
+    # The newest verified checkpoint (corrupt/incomplete ones are reported and moved aside);
+    # none: the workdir must be free of history unless config.overwrite.
+    checkpointer, resume_point = checkpointing.open_run(config, workdir)
     plateau = make_plateau(config, task)
 
     # ----------------------------------------------------------------- state
-    setup = setup_state(config, task, mesh, checkpointer, iterator, plateau)
+    setup = setup_state(config, task, mesh, checkpointer, iterator, plateau, resume_point)
     write_run_files(config, task, mesh, workdir, setup)
+    monitor = health.Health(factor=float(config.checkpoint.get("health_factor", 10.0)))
+    if setup.resume_meta is not None:
+        monitor.load_state_dict(setup.resume_meta.get("health_window"))
+    monitor.record({"l2_params": float(jax.jit(optax.tree.norm)(setup.state["params"]))}, True)
     loop = LoopState(
         state=setup.state,
         step=setup.first_step,
+        first_step=setup.first_step,
         best=setup.best,
-        last_saved=checkpointer.latest_step(),
+        last_saved=setup.resumed_from,
+        last_good_lr=setup.restored_lr,
     )
+    if setup.resumed_from is not None:
+        loop.good_saves.append((setup.resumed_from, setup.restored_lr))
 
     # ----------------------------------------------------------------- compiled steps
     compiled = compile_steps(config, task, mesh, setup)
@@ -105,17 +130,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     progress = metrics_lib.ProgressReporter(
         int(config.total_steps), setup.first_step, config.batch_size, config.log_every_steps
     )
-    meta = CheckpointMeta(config, task, setup, iterator, plateau)
-    guard = LossGuard()
+    meta = CheckpointMeta(config, task, setup, iterator, plateau, monitor)
+    save = HealthySave(config, checkpointer, meta, monitor, plateau, workdir)
+    guard = LossGuard(monitor, save)
     preemption = Preemption()
     validator = Validator(config, task, sources, compiled, setup.rest, mesh, workdir)
-    validator.connect(writer, progress, checkpointer, meta)
+    validator.connect(writer, progress, save)
     actions: list[PeriodicAction] = [
         TrainLogger(config, writer, progress),
         validator,
         PlateauScheduler(config, task, plateau),
         StopCheck(config, preemption),
-        Saver(config, checkpointer, meta),
+        Saver(config, save),
     ]
 
     # ----------------------------------------------------------------- train
@@ -131,18 +157,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 batch = sharding_lib.make_global_batch(local_batch, mesh)
                 loop.state, metrics = compiled.train(loop.state, setup.rest, batch, base_key)
                 loop.step += 1
-                guard.add(loop.step, metrics["loss"])
+                # A failed background save stops the run here, naming the path and OS error.
+                checkpointer.check(at_step=loop.step)
+                guard.add(loop.step, metrics)
                 if loop.step == setup.first_step + 1:
                     progress.reset_timer(loop.step)  # exclude compilation from steps/s
                 for action in actions:
                     if action.due(loop):
-                        guard.flush(loop.last_saved)  # no log or save after a NaN/Inf
+                        guard.flush(loop)  # no log or save after a NaN/Inf
                         action.run(loop, metrics)
-    finally:
+    except BaseException:
         # Pending async saves are committed even when the run stops on an error.
         checkpointer.close()
-        writer.flush()
         writer.close()
+        raise
+    # A failed final (or preemption) save is an error, never a clean exit.
+    save_error = checkpointer.close()
+    writer.flush()
+    writer.close()
+    if save_error is not None:
+        raise save_error
 
     # ----------------------------------------------------------------- summary
     curves = None
@@ -161,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "stopped": loop.stopped,
         "wall_time_s": wall,
         "param_count": setup.param_count,
-        "init_report": setup.init_report,
+        "init_report": setup.init_report and setup.init_report.to_dict(),
         "curves_png": curves,
     }
 
@@ -214,21 +248,18 @@ def make_plateau(
     )
 
 
-def write_json_atomic(path: str, payload: Mapping[str, Any]) -> None:
-    """Writes ``payload`` as JSON to a temporary file, then renames it over ``path``."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
-
-
 def write_run_files(config, task, mesh, workdir: str, setup: StateSetup) -> None:
     """``config.json`` and ``run_info.json`` (parameter count, mesh, init report) in the workdir."""
     logging.info("Model has %s parameters", f"{setup.param_count:,}")
     if jax.process_index() != 0:
         return
-    write_json_atomic(
-        os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
+    # config.json = the current config; config_history.jsonl = one row per start/resume.
+    workdir_lib.record_config(
+        workdir,
+        checkpointing.config_to_dict(config),
+        setup.first_step,
+        setup.config_changes,
+        event="resume" if setup.resumed_from is not None else "start",
     )
     info = {
         "task": config.task,
@@ -241,10 +272,14 @@ def write_run_files(config, task, mesh, workdir: str, setup: StateSetup) -> None
     }
     report = setup.init_report
     if report is not None:
-        info["init_report"] = {k: len(v) for k, v in report.items()}
-        info["init_missing"] = report["missing"]
-        info["init_unexpected"] = report["unexpected"]
-    write_json_atomic(os.path.join(workdir, "run_info.json"), info)
+        info["init_report"] = {
+            k: len(v) for k, v in report.to_dict().items() if isinstance(v, list)
+        }
+        info["init_missing"] = report.missing + report.left_out
+        info["init_unexpected"] = report.unexpected + [k for k, _ in report.skipped]
+    io_utils.write_json_atomic(
+        os.path.join(workdir, "run_info.json"), info, sort_keys=True, default=str
+    )
 
 
 # ---------------------------------------------------------------------------- state
@@ -262,8 +297,11 @@ class StateSetup:
     param_count: int
     first_step: int
     best: float | None = None
-    init_report: dict[str, list[str]] | None = None
+    init_report: param_utils.LoadReport | None = None
     resumed_from: int | None = None
+    resume_meta: dict[str, Any] | None = None  # the metadata of the restored checkpoint
+    config_changes: list[Any] = dataclasses.field(default_factory=list)
+    restored_lr: float | None = None  # the rate in the restored optimizer state, as saved
 
 
 def setup_state(
@@ -273,10 +311,13 @@ def setup_state(
     checkpointer: checkpointing.RunCheckpointer,
     iterator: Any,
     plateau: optim.ReduceLROnPlateau | None,
+    resume_point: checkpointing.ResumePoint | None = None,
 ) -> StateSetup:
-    """Creates the sharded state; resumes (workdir) > ``config.init`` > scratch.
+    """Creates the sharded state; resumes (``resume_point``) > ``config.init`` > scratch.
 
-    On resume the data iterator and the plateau scheduler are restored in place.
+    On resume the data iterator and the plateau scheduler are restored in place, the config is
+    checked against the stored one (`checkpointing.restore_run`) and a changed learning rate
+    takes effect (optimizer state and plateau).
     """
     tx = optim.make_optimizer(config)
     seed = int(config.seed)
@@ -302,19 +343,29 @@ def setup_state(
     )
     # One jitted init creates the sharded state directly (never materialised on one device).
     state, setup.rest = jax.jit(init_fn, out_shardings=(state_sh, rest_sh))()
-    latest = checkpointer.latest_step()
-    if latest is not None:
+    if resume_point is not None:
         # Resume: the workdir's own checkpoint wins over config.init.
-        logging.info("Resuming from %s/checkpoints/%d", checkpointer.workdir, latest)
         abstract_target = sharding_lib.with_shardings(abstract_state, state_sh)
         del state  # free the fresh state before restoring
-        state, meta = checkpointer.restore(abstract_target, setup.expected_shapes)
+        try:
+            restored = checkpointing.restore_run(
+                config, checkpointer, resume_point, abstract_target, setup.expected_shapes
+            )
+        except BaseException:  # refused config change, other model...: nothing was written
+            checkpointer.close()
+            raise
+        state, meta = restored.state, restored.meta
         if meta.get("data_iter") is not None:
             iterator.set_state(meta["data_iter"])
         if plateau is not None and meta.get("plateau"):
             plateau.load_state_dict(meta["plateau"])
+        if plateau is not None and restored.new_learning_rate is not None:
+            plateau.lr = restored.new_learning_rate
         setup.best = meta.get("best")
-        setup.resumed_from = latest
+        setup.resumed_from = resume_point.step
+        setup.resume_meta = meta
+        setup.config_changes = restored.changes
+        setup.restored_lr = restored.restored_learning_rate
     else:
         state, setup.init_report = initialise_from(config, task, state, state_sh, tx)
     setup.state = state
@@ -367,17 +418,13 @@ def _init_from_torch(config, task, host_params, mode):
             "--config.init.partial=True to load the matching part only."
         ) from err
     logging.info("Weights from %s (%s):\n%s", path, fmt, report.summary())
-    loaded = checkpointing.flatten_params(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    loaded = param_utils.model_params(model)
     # The model was built with the run's seed, so parameters outside the import scope equal
     # the fresh initialisation of the train state.
     new_params, _ = checkpointing.transfer_params(
         host_params, loaded, strip_prefixes=(), source_name=path
     )
-    return new_params, {
-        "loaded": list(report.loaded),
-        "missing": list(report.missing) + list(report.left_out),
-        "unexpected": list(report.unexpected) + [k for k, _ in report.skipped],
-    }
+    return new_params, report
 
 
 # ---------------------------------------------------------------------------- compiled steps
@@ -423,11 +470,19 @@ class LoopState:
 
     state: TrainState
     step: int
+    first_step: int = 0
     best: float | None = None
-    last_saved: int | None = None
+    last_saved: int | None = None  # the newest healthy checkpoint ("last good")
+    last_good_lr: float | None = None  # the learning rate it was trained with
+    refused_saves: int = 0  # unhealthy states not saved, in a row
+    good_saves: list[tuple[int, float | None]] = dataclasses.field(default_factory=list)
     train_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     val_history: list[dict[str, float]] = dataclasses.field(default_factory=list)
     stopped: str = "completed"  # or "preempted" / "stop_after_steps"
+
+    def resumed_step_is(self, step: int) -> bool:
+        """Whether ``step`` is the checkpoint this run was restored from."""
+        return bool(self.good_saves) and self.good_saves[0][0] == step and step == self.first_step
 
     @property
     def stopping(self) -> bool:
@@ -437,29 +492,42 @@ class LoopState:
 class LossGuard:
     """Every step's loss is checked on the host before anything is logged or saved.
 
-    Losses stay on the device until `flush`, so the check does not synchronise every step; the
-    NaN/Inf error names the exact step and the last good checkpoint.
+    Losses and parameter norms stay on the device until `flush`, so the check does not
+    synchronise every step; the NaN/Inf error names the exact step, the last good checkpoint
+    and advice that works (`health.advice`). Every step's values also feed the `health.Health`
+    judgement used by `HealthySave`.
     """
 
-    def __init__(self):
-        self._pending: list[tuple[int, jax.Array]] = []
+    def __init__(self, monitor: health.Health, save: HealthySave):
+        self.monitor, self.save = monitor, save
+        self._pending: list[tuple[int, dict[str, jax.Array]]] = []
 
-    def add(self, step: int, loss: jax.Array) -> None:
-        self._pending.append((step, loss))
+    def add(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
+        self._pending.append((step, {k: metrics[k] for k in health.Health.KEYS if k in metrics}))
 
-    def flush(self, last_saved: int | None) -> None:
+    def flush(self, loop: LoopState) -> None:
         values = jax.device_get([v for _, v in self._pending])
         for (step, _), value in zip(self._pending, values, strict=True):
-            metrics_lib.check_finite({"loss": float(value)}, step, last_saved)
+            value = {k: float(x) for k, x in value.items()}
+            reason = self.monitor.record(value)
+            if reason is not None and loop.last_saved == step - 1:
+                # The loss of this step was computed with the parameters saved one step ago.
+                self.save.retract(loop, step - 1, f"the next step's {reason}")
+            metrics_lib.check_finite(value, step, loop.last_saved, self.save.advice(loop))
         self._pending.clear()
 
 
 class CheckpointMeta:
-    """The metadata saved with every checkpoint (task, shapes, data iterator, plateau, best)."""
+    """The metadata saved with every checkpoint.
 
-    def __init__(self, config, task, setup: StateSetup, iterator, plateau):
+    Task, shapes, data iterator, plateau, best value, the run's config (checked on resume) and
+    the health judgement of the saved state with its reference window.
+    """
+
+    def __init__(self, config, task, setup: StateSetup, iterator, plateau, monitor):
         self.config, self.task, self.setup = config, task, setup
-        self.iterator, self.plateau = iterator, plateau
+        self.iterator, self.plateau, self.monitor = iterator, plateau, monitor
+        self.config_dict = checkpointing.config_to_dict(config)
 
     def __call__(self, loop: LoopState) -> dict[str, Any]:
         return {
@@ -471,11 +539,69 @@ class CheckpointMeta:
             "plateau": self.plateau.state_dict() if self.plateau is not None else None,
             "best": loop.best,
             "selection_metric": self.task.selection_metric,
+            "config": self.config_dict,
+            "health": self.monitor.summary(),
+            "health_window": self.monitor.state_dict(),
         }
 
     def data_iter(self) -> dict[str, Any]:
         """This process's data-iterator state (saved per process, see checkpointing)."""
         return self.iterator.get_state()
+
+
+class HealthySave:
+    """Saves a checkpoint only when the state is healthy (finite, not exploding).
+
+    A refused periodic save is logged with the reason; after
+    ``config.checkpoint.max_refused_saves`` in a row the run stops with
+    `health.DivergenceError`, so "the last good checkpoint" is always a good one.
+    """
+
+    def __init__(self, config, checkpointer, meta: CheckpointMeta, monitor, plateau, workdir):
+        self.config, self.checkpointer, self.meta = config, checkpointer, meta
+        self.monitor, self.plateau, self.workdir = monitor, plateau, workdir
+        self.max_refused = int(config.checkpoint.get("max_refused_saves", 3))
+
+    def advice(self, loop: LoopState) -> str:
+        return health.advice(loop.last_saved, self.workdir, self.config, loop.last_good_lr)
+
+    def __call__(self, loop: LoopState, best: bool = False) -> None:
+        reason = self.monitor.last_reason
+        if reason is not None:
+            logging.warning(
+                "Not saving %s checkpoint at step %d: %s. The last good checkpoint stays step %s.",
+                "the best" if best else "a",
+                loop.step,
+                reason,
+                loop.last_saved,
+            )
+            if not best:
+                loop.refused_saves += 1
+                if loop.refused_saves >= self.max_refused:
+                    raise health.DivergenceError(
+                        f"The run is diverging: {reason} at step {loop.step}, and "
+                        f"{loop.refused_saves} checkpoints in a row were refused. The last good "
+                        f"checkpoint is step {loop.last_saved}. " + self.advice(loop)
+                    )
+            return
+        self.checkpointer.save(
+            loop.step, loop.state, self.meta(loop), best=best, data_iter=self.meta.data_iter()
+        )
+        if not best:
+            loop.last_saved, loop.refused_saves = loop.step, 0
+            lr = self.plateau.lr if self.plateau is not None else self.config.optim.learning_rate
+            loop.last_good_lr = float(lr)
+            loop.good_saves.append((loop.step, loop.last_good_lr))
+
+    def retract(self, loop: LoopState, step: int, reason: str) -> None:
+        """The checkpoint of ``step`` turned out diverged: withdraw it, step back "last good"."""
+        if loop.resumed_step_is(step):
+            return  # the restored checkpoint itself was judged when it was saved
+        self.checkpointer.retract(step, reason)
+        loop.good_saves = [g for g in loop.good_saves if g[0] != step]
+        loop.last_saved, loop.last_good_lr = (
+            loop.good_saves[-1] if loop.good_saves else (None, None)
+        )
 
 
 # ---------------------------------------------------------------------------- periodic actions
@@ -519,10 +645,9 @@ class Validator(PeriodicAction):
         self.compiled, self.rest, self.mesh, self.workdir = compiled, rest, mesh, workdir
         self.every, self.total = int(config.val.every_steps), int(config.total_steps)
 
-    def connect(self, writer, progress, checkpointer, meta: CheckpointMeta) -> None:
+    def connect(self, writer, progress, save: HealthySave) -> None:
         """Where results go: scalars, the progress timer and the best checkpoint."""
-        self.writer, self.progress = writer, progress
-        self.checkpointer, self.meta = checkpointer, meta
+        self.writer, self.progress, self.save = writer, progress, save
 
     def due(self, loop):
         return _every(loop.step, self.every, self.total)
@@ -562,9 +687,7 @@ class Validator(PeriodicAction):
         value = result.get(metric)
         if _is_better(value, loop.best, self.task.selection_mode):
             loop.best = float(value)
-            self.checkpointer.save(
-                loop.step, loop.state, self.meta(loop), best=True, data_iter=self.meta.data_iter()
-            )
+            self.save(loop, best=True)
             logging.info("new best %s = %.4f at step %d", metric, value, loop.step)
         self.progress.reset_timer(loop.step)  # validation time is not training time
 
@@ -664,16 +787,13 @@ class StopCheck(PeriodicAction):
 class Saver(PeriodicAction):
     """Saves every ``config.checkpoint.every_steps``, at the last step and before a stop."""
 
-    def __init__(self, config, checkpointer, meta: CheckpointMeta):
+    def __init__(self, config, save: HealthySave):
         self.every, self.total = int(config.checkpoint.every_steps), int(config.total_steps)
-        self.checkpointer, self.meta = checkpointer, meta
+        self.save = save
 
     def due(self, loop):
         periodic = self.every > 0 and loop.step % self.every == 0
         return periodic or loop.step == self.total or loop.stopping
 
     def run(self, loop, metrics):
-        self.checkpointer.save(
-            loop.step, loop.state, self.meta(loop), data_iter=self.meta.data_iter()
-        )
-        loop.last_saved = loop.step
+        self.save(loop)

@@ -25,7 +25,7 @@ import time
 
 
 def _config(task: str, data_dir: str, overrides: dict):
-    from test_train_utils import micro_config
+    from train_helpers import micro_config
 
     arg = {"finetune": "smoke", "opt_simmim": "smoke", "opt_translator": "smoke_opt_translator"}[
         task

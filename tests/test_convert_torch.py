@@ -323,3 +323,21 @@ def test_save_params_npz_is_atomic_and_complete(tmp_path):
     load_params_npz(other, str(path))
     leaves = zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(other)), strict=True)
     assert all(np.array_equal(a, b) for a, b in leaves)
+
+
+def test_partial_import_that_matches_nothing_is_an_error(tmp_path, capsys):
+    """Before: ``import --partial`` with zero matching keys exited 0 and wrote a random init."""
+    state = {"model.fc.weight": np.zeros((3, 3), np.float32), "other.bias": np.zeros(3, np.float32)}
+    target = SSL4SARSegmenter(TINY, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"no parameter of the checkpoint \(tyrion\).*0 of"):
+        load_torch_state(target, state, fmt="tyrion", partial=True)
+    ckpt = tmp_path / "unrelated.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, ckpt)
+    out = tmp_path / "params.npz"
+    args = ["import", "--partial", "--variant", "tiny", "--input", str(ckpt), "--output", str(out)]
+    assert main(args) == 1
+    assert "0 of" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(ValueError, match="no parameter of the parameter file"):
+        from ssl4sar_jax.models.convert_torch import load_flat_dict
+
+        load_flat_dict(target, {"x/y": np.zeros(2)}, partial=True)

@@ -64,7 +64,7 @@ def test_official_split_is_reproduced():
     assert sorted(val.tolist()) == list(caffe_files.CAFFE_VAL_INDICES)
     assert sorted(np.concatenate([train, val]).tolist()) == list(range(559))
     # Sorted training names: Crane [0, 69), DBE [69, 202), JAC [202, 361), Jorum [361, 438),
-    # SI [438, 559) -> validation holds Crane 8, DBE 10, JAC 16, Jorum 8, SI 14 (reference §1.6).
+    # SI [438, 559) -> validation holds Crane 8, DBE 10, JAC 16, Jorum 8, SI 14 (the official CaFFe split).
     edges = np.cumsum([0] + [caffe_files.CAFFE_GLACIER_COUNTS[g] for g in TRAIN_GLACIERS])
     per_glacier = np.histogram(val, bins=edges)[0].tolist()
     assert per_glacier == [8, 10, 16, 8, 14]

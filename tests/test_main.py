@@ -8,25 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from test_train_utils import REPO, compilation_cache, data_dir  # noqa: F401
-
-
-def _run_main(args, env_extra=None, timeout=600):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, "-m", "ssl4sar_jax.main", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from train_helpers import REPO, run_main
 
 
 def test_unknown_config_key_fails_clearly(tmp_path):
-    result = _run_main(
+    result = run_main(
         [
             "--config",
             "configs/finetune.py:smoke",
@@ -40,9 +26,9 @@ def test_unknown_config_key_fails_clearly(tmp_path):
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
-def test_main_finetune_smoke_with_validation_mde(tmp_path, data_dir, compilation_cache):  # noqa: F811
+def test_main_finetune_smoke_with_validation_mde(tmp_path, data_dir, compilation_cache):
     workdir = tmp_path / "ft"
-    result = _run_main(
+    result = run_main(
         [
             "--config",
             "configs/finetune.py:smoke",
@@ -78,8 +64,8 @@ def test_main_finetune_smoke_with_validation_mde(tmp_path, data_dir, compilation
     assert (workdir / "best_checkpoint").is_dir() and (workdir / "curves.png").exists()
 
 
-def test_evaluate_task_scores_a_finetuned_workdir(tmp_path, data_dir, compilation_cache):  # noqa: F811
-    from test_train_utils import load_config, micro_config, model_dict
+def test_evaluate_task_scores_a_finetuned_workdir(tmp_path, data_dir, compilation_cache):
+    from train_helpers import load_config, micro_config, model_dict
 
     from ssl4sar_jax import train_lib
     from ssl4sar_jax.tasks.evaluate import evaluate
@@ -104,3 +90,63 @@ def test_evaluate_task_scores_a_finetuned_workdir(tmp_path, data_dir, compilatio
     config.checkpoints = (str(tmp_path / "nowhere"),)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         evaluate(config, str(tmp_path / "eval2"))
+
+
+def test_exit_codes_locked_workdir_75_and_preempted_42(tmp_path, data_dir, compilation_cache):  # noqa: F811
+    """Before: a second run on the workdir raced the first; SIGTERM exited 0 like a finished run."""
+    import signal
+    import time
+
+    from ssl4sar_jax import checkpointing
+
+    workdir = tmp_path / "ft"
+    args = [
+        "--config",
+        "configs/finetune.py:smoke",
+        "--workdir",
+        str(workdir),
+        f"--config.data.data_dir={data_dir}",
+        "--config.total_steps=100000",
+        "--config.checkpoint.every_steps=100000",
+        "--config.log_every_steps=1",
+        "--config.val.every_steps=0",
+        "--config.model.img_size=32",
+        "--config.model.embed_dim=32",
+        "--config.model.depths=(1,1)",
+        "--config.model.num_heads=(1,2)",
+        "--config.model.pretrained_window_sizes=(0,0)",
+        "--config.model.conv_impl=xla",
+        "--config.data.sampler.centre_size=16",
+        "--config.num_devices=1",
+        "--config.batch_size=8",
+        "--config.grad_accum_steps=2",
+    ]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["JAX_COMPILATION_CACHE_DIR"] = compilation_cache
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "ssl4sar_jax.main", *args], cwd=REPO, env=env, stderr=log, stdout=log
+    )
+    try:
+        deadline = time.time() + 500
+        while time.time() < deadline and first.poll() is None:
+            if (workdir / "metrics.jsonl").exists() and "train/loss" in (
+                workdir / "metrics.jsonl"
+            ).read_text():
+                break
+            time.sleep(0.5)
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        second = run_main(args, env_extra={"JAX_COMPILATION_CACHE_DIR": compilation_cache})
+        assert second.returncode == 75, second.stderr[-3000:]
+        assert f"PID {first.pid}" in second.stderr and "in use by another run" in second.stderr
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=300) == 42, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+        log.close()
+    assert "Finished (preempted)" in (tmp_path / "first.log").read_text()
+    point = checkpointing.select_resume_point(str(workdir))
+    assert point is not None and point.verified and point.step > 0

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_main import _run_main
-from test_train_utils import REPO, compilation_cache  # noqa: F401
+from train_helpers import REPO, run_main
 
 from ssl4sar_jax import data
 from ssl4sar_jax.data import caffe_files, ssl4sar_files
@@ -51,10 +50,10 @@ def own_caffe_folder(root: Path) -> Path:
 OWN_OPTIONS = dict(test_glaciers="DBE", pixel_spacing_m="30", northern_glaciers="Helheim")
 
 
-def test_cli_prepares_and_trains_own_folder(tmp_path, compilation_cache):  # noqa: F811
+def test_cli_prepares_and_trains_own_folder(tmp_path, compilation_cache):
     folder = own_caffe_folder(tmp_path / "mine")
     tfds_dir, workdir = tmp_path / "tfds", tmp_path / "run"
-    result = _run_main(
+    result = run_main(
         [
             "--config",
             "configs/finetune.py:smoke",
@@ -176,7 +175,7 @@ def test_empty_or_misnamed_manual_dir_fails_fast_without_network(
 def test_cli_reports_manual_dir_problem_once(tmp_path):
     manual = tmp_path / "manual"
     manual.mkdir()
-    result = _run_main(
+    result = run_main(
         [
             "--config",
             "configs/finetune.py:smoke",
@@ -292,3 +291,45 @@ def test_count_problems_end_with_the_subset_hint(tmp_path):
         "validation": 1,
         "test": 4,
     }
+
+
+def test_an_unknown_glacier_trains_and_is_evaluated_with_its_own_breakdown(
+    tmp_path, compilation_cache
+):
+    # Helheim (not a CaFFe glacier) is the whole validation split: the training run's
+    # validation scores it, and every breakdown names it.
+    folder = own_caffe_folder(tmp_path / "mine")
+    workdir = tmp_path / "run"
+    result = run_main(
+        [
+            "--config",
+            "configs/finetune.py:smoke",
+            "--workdir",
+            str(workdir),
+            "--config.data.config=folder",
+            f"--config.data.manual_dir={folder}",
+            "--config.data.test_glaciers=DBE",
+            "--config.data.val_glaciers=Helheim",
+            "--config.data.northern_glaciers=Helheim",
+            f"--config.data.data_dir={tmp_path / 'tfds'}",
+            "--config.total_steps=2",
+            "--config.val.every_steps=2",
+            "--config.val.write_pictures_every=1",
+            *MICRO_ARGS,
+        ],
+        env_extra={
+            "JAX_COMPILATION_CACHE_DIR": compilation_cache,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        },
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((workdir / "val" / "step_000002" / "metrics.json").read_text())
+    breakdowns = saved["breakdowns"]
+    assert set(breakdowns["glacier"]) == {"Helheim"}
+    assert breakdowns["glacier"]["Helheim"]["num_images"] == 2
+    # The season comes from the hemisphere given for the new glacier (not "unknown").
+    assert {k.split("/")[1] for k in breakdowns["glacier_season"]} <= {"winter", "summer"}
+    assert all(k.startswith("Helheim/") for k in breakdowns["glacier_sensor"])
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if "val/front/num_images" in r][-1]
+    assert val["step"] == 2 and val["val/front/num_images"] == 2

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-from test_train_utils import load_config
+from train_helpers import load_config
 
 from ssl4sar_jax.constants import GLACIER, NA, OCEAN
 from ssl4sar_jax.data import synthetic_geo as sg

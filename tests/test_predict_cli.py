@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import rasterio
-from test_train_utils import MICRO_MODEL, load_config
+from train_helpers import MICRO_MODEL, load_config
 
 from ssl4sar_jax.data import synthetic_geo as sg
 

@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 import shapely
-from test_train_utils import load_config
+from train_helpers import load_config
 
 from ssl4sar_jax.data import synthetic_geo as sg
 from ssl4sar_jax.predict import runner, timeseries, vector

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from test_train_utils import compilation_cache, data_dir, load_config, micro_config  # noqa: F401
+from train_helpers import load_config, micro_config
 
 from ssl4sar_jax import metrics_lib, objectives, tasks, train_lib
 from ssl4sar_jax.models import SSL4SARSegmenter, build_model
@@ -55,8 +55,8 @@ def toy_objective():
 
 def test_a_toy_objective_trains_through_the_real_loop(
     toy_objective,
-    data_dir,  # noqa: F811
-    compilation_cache,  # noqa: F811
+    data_dir,
+    compilation_cache,
     tmp_path,
 ):
     # configs/pretrain.py offers the new objective's variants and applies its hyper-parameters.
@@ -90,14 +90,14 @@ def test_objective_registry_lists_and_refuses():
         objectives.get_objective("nope")
 
 
-def test_pretrain_task_refuses_a_non_trainable_objective(data_dir):  # noqa: F811
+def test_pretrain_task_refuses_a_non_trainable_objective(data_dir):
     config = micro_config("pretrain", "smoke", data_dir)
     config.objective = "segment"
     with pytest.raises(ValueError, match="config.objective must be one of"):
         tasks.get_task(config)
 
 
-def test_task_registry(data_dir):  # noqa: F811
+def test_task_registry(data_dir):
     assert tasks.task_names(training_only=True) == ("pretrain", "finetune")
     assert not tasks.get_entry("evaluate").trains
     config = micro_config("finetune", "smoke", data_dir)
@@ -112,7 +112,7 @@ def test_task_registry(data_dir):  # noqa: F811
         tasks.register_task("x")
 
 
-def test_input_size_has_one_home(data_dir):  # noqa: F811
+def test_input_size_has_one_home(data_dir):
     config = micro_config("finetune", "smoke", data_dir)
     task = tasks.get_task(config)
     assert task.context == config.model.img_size == 32
@@ -139,3 +139,47 @@ def test_segmenter_does_not_import_the_pretraining_heads():
     from ssl4sar_jax.models import segmenter
 
     assert "pretrain_heads" not in inspect.getsource(segmenter)
+
+
+@pytest.fixture()
+def pixel_accuracy_metric():
+    from ssl4sar_jax.evaluation import metrics
+
+    def per_image(image, pred_zones, pred_front):
+        del pred_front
+        return {"pixel_accuracy": float(np.mean(pred_zones == image.zones))}
+
+    entry = metrics.register_metric(metrics.Metric("pixel_accuracy", per_image))
+    yield entry
+    metrics.unregister_metric(entry.name)
+
+
+def test_a_registered_metric_reaches_rows_flat_metrics_and_breakdowns(pixel_accuracy_metric):
+    from ssl4sar_jax.constants import GLACIER, OCEAN
+    from ssl4sar_jax.evaluation import evaluate_zone_predictions, metrics
+    from ssl4sar_jax.evaluation.postprocess import front_from_zones
+
+    assert "pixel_accuracy" in metrics.metric_names()
+    records, predictions = [], []
+    for i, (glacier, wrong_cols) in enumerate([("COL", 0), ("Mapple", 10), ("Mapple", 20)]):
+        zones = np.full((40, 50), GLACIER, np.uint8)
+        zones[:, 25:] = OCEAN
+        pred = zones.copy()
+        pred[:, 25 - wrong_cols : 25] = OCEAN  # wrong_cols columns of glacier called ocean
+        records.append(
+            {
+                "zones": zones,
+                "front": front_from_zones(zones).astype(np.uint8),
+                "stem": f"{glacier}_2015-01-0{i + 1}_S1_20_1_00{i}",
+            }
+        )
+        predictions.append(pred)
+    result = evaluate_zone_predictions(predictions, records, verbose=False)
+    expected = [1.0, 1 - 10 / 50, 1 - 20 / 50]
+    assert [r["pixel_accuracy"] for r in result.per_image] == pytest.approx(expected)
+    assert result.metrics["zones/pixel_accuracy"] == pytest.approx(np.mean(expected))
+    by_glacier = result.breakdowns["glacier"]
+    assert by_glacier["COL"]["zones/pixel_accuracy"] == pytest.approx(1.0)
+    assert by_glacier["Mapple"]["zones/pixel_accuracy"] == pytest.approx(np.mean(expected[1:]))
+    with pytest.raises(ValueError, match="already registered"):
+        metrics.register_metric(pixel_accuracy_metric)

@@ -8,7 +8,7 @@ import signal
 
 import numpy as np
 import pytest
-from test_train_utils import compilation_cache, data_dir, micro_config, model_dict  # noqa: F401
+from train_helpers import micro_config, model_dict
 
 from ssl4sar_jax import checkpointing, metrics_lib, train_lib
 
@@ -30,7 +30,7 @@ def _assert_params_close(a, b, atol):
 
 
 @pytest.fixture()
-def finetune_config(data_dir, compilation_cache):  # noqa: F811
+def finetune_config(data_dir, compilation_cache):
     def make(num_devices=1, **overrides):
         config = micro_config("finetune", "smoke", data_dir, num_devices)
         config.batch_size = 8

@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from test_train_utils import compilation_cache, data_dir, micro_config, model_dict  # noqa: F401
+from train_helpers import micro_config, model_dict
 
 from ssl4sar_jax import checkpointing, metrics_lib, train_lib
 
 
 @pytest.fixture(scope="module")
-def translator_workdir(tmp_path_factory, data_dir, compilation_cache):  # noqa: F811
+def translator_workdir(tmp_path_factory, data_dir, compilation_cache):
     config = micro_config("pretrain", "smoke_opt_translator", data_dir)
     config.val.every_steps = 3
     workdir = str(tmp_path_factory.mktemp("translator"))
@@ -20,7 +20,7 @@ def translator_workdir(tmp_path_factory, data_dir, compilation_cache):  # noqa: 
     return workdir, summary
 
 
-def test_opt_simmim_trains_and_validates(data_dir, compilation_cache, tmp_path):  # noqa: F811
+def test_opt_simmim_trains_and_validates(data_dir, compilation_cache, tmp_path):
     config = micro_config("pretrain", "smoke", data_dir)
     config.val.every_steps = 3
     workdir = str(tmp_path)
@@ -44,7 +44,7 @@ def test_opt_translator_trains_and_validates(translator_workdir):
     assert checkpointing.RunCheckpointer(workdir).best_step() == 3
 
 
-def test_finetune_initialised_from_pretraining_workdir(translator_workdir, data_dir, tmp_path):  # noqa: F811
+def test_finetune_initialised_from_pretraining_workdir(translator_workdir, data_dir, tmp_path):
     pre_dir, _ = translator_workdir
     config = micro_config("finetune", "smoke", data_dir)
     config.total_steps = 1
@@ -67,7 +67,7 @@ def test_finetune_initialised_from_pretraining_workdir(translator_workdir, data_
         np.testing.assert_array_equal(value, source["backbone/" + key], err_msg=key)
 
 
-def test_init_checkpoint_of_another_architecture_is_refused(translator_workdir, data_dir, tmp_path):  # noqa: F811
+def test_init_checkpoint_of_another_architecture_is_refused(translator_workdir, data_dir, tmp_path):
     pre_dir, _ = translator_workdir
     config = micro_config("finetune", "smoke", data_dir)
     config.model = model_dict(
@@ -79,7 +79,7 @@ def test_init_checkpoint_of_another_architecture_is_refused(translator_workdir, 
         train_lib.train_and_evaluate(config, str(tmp_path / "ft"))
 
 
-def test_reduce_on_plateau_lowers_the_lr_and_is_checkpointed(data_dir, compilation_cache, tmp_path):  # noqa: F811
+def test_reduce_on_plateau_lowers_the_lr_and_is_checkpointed(data_dir, compilation_cache, tmp_path):
     config = micro_config("pretrain", "smoke_opt_translator", data_dir)
     config.val.every_steps = 1
     config.optim.plateau.patience = 0

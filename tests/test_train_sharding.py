@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_train_utils import compilation_cache, data_dir, micro_config  # noqa: F401
+from train_helpers import micro_config
 
 from ssl4sar_jax import checkpointing, metrics_lib, train_lib
 

@@ -38,6 +38,7 @@ from ssl4sar_jax.constants import (
     GLACIERS,
     RESOLUTIONS_M,
     SENSORS,
+    STEM_FIELDS,
     TEST_GLACIERS,
     TRAIN_GLACIERS,
     ZONE_PNG_VALUES,
@@ -160,7 +161,7 @@ def parse_stem(stem: str, hemispheres: Mapping[str, str] | None = None) -> Caffe
         ValueError: naming the stem and the broken field.
     """
     fields = stem.split("_")
-    if len(fields) != 6:
+    if len(fields) != len(STEM_FIELDS):
         raise ValueError(
             f"{stem!r}: expected 6 '_'-separated fields "
             f"<Glacier>_<YYYY-MM-DD>_<Sensor>_<Res>_<Quality>_<Orbit>, got {len(fields)}"
@@ -535,13 +536,9 @@ def locate_manual_dir(manual_dir: Path | str) -> tuple[str, Path]:
             return "folder", candidate
     if (path / ARCHIVE_NAME).is_file():
         return "zip", path / ARCHIVE_NAME
-    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
-    found = ", ".join(entries[:10]) + (
-        f" ... ({len(entries)} entries)" if len(entries) > 10 else ""
-    )
     raise CaffeDataError(
         [
-            f"manual_dir {path}: found {found or 'nothing (empty folder)'}; expected "
+            f"manual_dir {path}: found {describe_folder(path)}; expected "
             f"'{ARCHIVE_NAME}', a 'data_raw/' folder, or the data_raw folder itself "
             "(with sar_images/, zones/, fronts/, bounding_boxes/)"
         ]

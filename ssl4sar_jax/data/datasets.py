@@ -294,8 +294,12 @@ def _hint(name: str, config: Any, err: Exception) -> str | None:
     return None
 
 
-def open_sources(data_cfg: Mapping[str, Any]) -> dict[str, Sequence[Record]]:
+def open_sources(
+    data_cfg: Mapping[str, Any], splits: Sequence[str] | None = None
+) -> dict[str, Sequence[Record]]:
     """``{split: source}`` of the dataset ``data_cfg`` describes; prepares it when allowed.
+
+    ``splits``: split names or expressions to open (``"train[:10]"``); None = every split.
 
     Raises:
         FileNotFoundError: the dataset is not prepared and ``prepare`` is off.
@@ -318,7 +322,9 @@ def open_sources(data_cfg: Mapping[str, Any]) -> dict[str, Sequence[Record]]:
                     f"{data_dir}. Prepare it (docs/data.md) or run with "
                     "--config.data.prepare=True."
                 )
-        return prepare(name, config, data_dir, manual_dir, **options)
+        if splits is not None:
+            splits = list(dict.fromkeys(splits))
+        return prepare(name, config, data_dir, manual_dir, splits=splits, **options)
     except entry.error_type as err:
         raise err.with_hint(_hint(name, config, err)) from None
 

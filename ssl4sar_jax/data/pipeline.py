@@ -1,6 +1,7 @@
 """grain input pipelines: fine-tuning and pretraining samplers over TFDS data sources.
 
-Design (style_guide.md §8.3 item 7; reference data_and_evaluation.md §2.3, §3.3):
+Design (samplers of Nora-Go/TYRION ``CaFFe/dataset_hook.py:RandomPatchDataset`` and
+``CaFFe/dataset_unlabeled.py``, made deterministic and resumable for grain):
 
 * A pipeline is ``grain.MapDataset.range(n).map(sampler).batch(b).to_iter_dataset()``. The
   global stream does not depend on the number of processes: global sample ``g`` (row

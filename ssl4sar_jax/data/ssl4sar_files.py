@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ssl4sar_jax.constants import NUM_OPTICAL_BANDS, OPTICAL_BAND_INDICES, OPTICAL_BAND_NAMES
-from ssl4sar_jax.data.caffe_files import DataFilesError, read_gray_png
+from ssl4sar_jax.data.caffe_files import DataFilesError, describe_folder, read_gray_png
 
 SPLIT_FOLDERS = {"train": "unlabeled_data_raw_train", "validation": "unlabeled_data_raw_val"}
 OPTICAL_FOLDER = "data_optical"
@@ -159,13 +159,9 @@ def locate_manual_dir(manual_dir: Path | str) -> Path:
     expected = [*SPLIT_FOLDERS.values(), OPTICAL_FOLDER]
     if all((path / folder).is_dir() for folder in expected):
         return path
-    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
-    found = ", ".join(entries[:10]) + (
-        f" ... ({len(entries)} entries)" if len(entries) > 10 else ""
-    )
     raise SSL4SARDataError(
         [
-            f"manual_dir {path}: found {found or 'nothing (empty folder)'}; expected the "
+            f"manual_dir {path}: found {describe_folder(path)}; expected the "
             f"folders {', '.join(f + '/' for f in expected)} (the extracted Zenodo 14748506 tars)"
         ]
     )

@@ -1,27 +1,26 @@
 """Offline synthetic CaFFe and SSL4SAR data, written to disk in the real layouts.
 
-The generators render glacier scenes procedurally (numpy + scipy, deterministic from a seed):
+The generators render glacier scenes procedurally (numpy + scipy, deterministic from a seed)
+with the cues of real CaFFe SAR scenes (`render_scene` / `render_layers`; measured against real
+images by ``experiments/synthetic_vs_real.py``, docs/data.md):
 
-* a glacier tongue flowing down a meandering fjord between irregular rock walls, fed by an ice
-  field with nunataks;
+* a glacier trunk down a meandering fjord, tributaries, rock outcrops rising out of the ice;
+  flow-parallel stripes, debris bands, crevasse fields and a bright ice cliff along the front;
 * an irregular calving front whose position moves with time (trend + seasonal cycle);
-* ice melange (class "ocean") near the front, denser in winter; open ocean whose brightness
-  depends on wind (sometimes as bright as the glacier, so intensity alone does not separate
-  classes);
-* NA areas with SAR value 0: radar shadow behind rock walls and straight swath edges;
-* backscatter in dB per surface with texture (crevasses, terrain), seasons changing contrast
-  (wet snow darkens the glacier in summer), multiplicative gamma speckle with few looks applied to
-  the linear intensity, then quantised in log scale per sensor;
-* the real mix of sensors and pixel spacings per glacier (reference §1.6), scaled-down sizes.
+* rock with bright layover and dark radar shadow from the terrain slope and the look direction;
+* open water by wind, granular ice melange and icebergs near the front (class "ocean");
+* NA exactly 0 (deepest shadow, swath edges); gamma speckle, amplitude-linear grey values;
+* the real mix of sensors and pixel spacings per glacier (the CaFFe archive's counts),
+  scaled-down sizes; co-registered Sentinel-2 bands for SSL4SAR.
 
-CaFFe output (reference §1.2, exact layout and file-name grammar)::
+CaFFe output (the archive's exact layout and file-name grammar)::
 
     <root>/data_raw/sar_images/{train,test}/<stem>.png
     <root>/data_raw/zones/{train,test}/<stem>_zones.png
     <root>/data_raw/fronts/{train,test}/<stem>_front.png
     <root>/data_raw/bounding_boxes/<stem>_front_extent_coord.txt
 
-SSL4SAR output (the layout the `ssl4sar` builder reads; reference §2.2)::
+SSL4SAR output (the layout the `ssl4sar` builder reads)::
 
     <root>/unlabeled_data_raw_train/<S1A|S1B>_<Glacier>_<YYYY-MM-DD>_<orbit>.png
     <root>/unlabeled_data_raw_val/...
@@ -39,10 +38,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import math
 import os
 import shutil
 import tempfile
+import types
 import zlib
 from pathlib import Path
 
@@ -50,7 +51,16 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ssl4sar_jax.constants import GLACIERS, TEST_GLACIERS, ZONE_PNG_VALUES, season_of
+from ssl4sar_jax.constants import (
+    GLACIER,
+    GLACIERS,
+    NA,
+    OCEAN,
+    ROCK,
+    TEST_GLACIERS,
+    ZONE_PNG_VALUES,
+    season_of,
+)
 from ssl4sar_jax.data.caffe_files import (
     BBOX_SUFFIX,
     CAFFE_SENSOR_COUNTS,
@@ -63,8 +73,6 @@ from ssl4sar_jax.data.synthetic_specs import (  # noqa: F401  (re-exported)
     SyntheticCaffeSpec,
     SyntheticSSL4SARSpec,
 )
-
-NA, ROCK, GLACIER, OCEAN = 0, 1, 2, 3
 
 # Years each sensor was acquiring (used to draw plausible dates).
 SENSOR_YEARS: dict[str, tuple[int, int]] = {
@@ -86,12 +94,12 @@ SENSOR_LOOKS: dict[str, float] = {
     "TDX": 1.5,
     "S1": 4.0,
 }
-# Quality-factor frequencies 1..6 of the real data (reference §1.6).
+# Quality-factor frequencies 1..6 of the real CaFFe archive.
 QUALITY_WEIGHTS = np.array([334, 141, 111, 54, 36, 5], dtype=np.float64)
 
 
 def sensor_resolution(glacier: str, sensor: str, rng: np.random.Generator) -> int:
-    """Pixel spacing (m) per sensor, consistent with the real per-resolution counts (§1.6)."""
+    """Pixel spacing (m) per sensor, consistent with the real per-resolution counts."""
     if sensor in ("TSX", "TDX"):
         return 6 if glacier == "JAC" else 7
     if sensor == "PALSAR":
@@ -111,26 +119,31 @@ def _stable_seed(*parts: object) -> int:
     return zlib.crc32("|".join(str(p) for p in parts).encode())
 
 
-def _interp_matrix(n_out: int, n_grid: int) -> np.ndarray:
-    """[n_out, n_grid] smoothstep interpolation weights (a C1-smooth, separable upsampler)."""
+def _interp_weights(n_out: int, n_grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grid index and smoothstep weight of each of `n_out` samples (a C1-smooth upsampler)."""
     t = np.linspace(0, n_grid - 1.000001, n_out)
     i0 = np.floor(t).astype(int)
     f = t - i0
-    s = f * f * (3 - 2 * f)
-    m = np.zeros((n_out, n_grid))
-    m[np.arange(n_out), i0] = 1 - s
-    m[np.arange(n_out), i0 + 1] = s
-    return m
+    return i0, f * f * (3 - 2 * f)
+
+
+def _upsample_axis(grid: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    i0, s = _interp_weights(n_out, grid.shape[axis])
+    a, b = np.take(grid, i0, axis=axis), np.take(grid, i0 + 1, axis=axis)
+    shape = [1] * grid.ndim
+    shape[axis] = n_out
+    s = s.reshape(shape)
+    return a * (1 - s) + b * s
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], cells: float) -> np.ndarray:
     """Zero-mean, unit-std smooth noise with about `cells` features along each axis."""
     n_grid = max(2, int(math.ceil(cells)) + 1)
     if len(shape) == 1:
-        out = _interp_matrix(shape[0], n_grid) @ rng.standard_normal(n_grid)
+        out = _upsample_axis(rng.standard_normal(n_grid), shape[0], 0)
     else:
-        grid = rng.standard_normal((n_grid, n_grid))
-        out = _interp_matrix(shape[0], n_grid) @ grid @ _interp_matrix(shape[1], n_grid).T
+        out = rng.standard_normal((n_grid, n_grid))
+        out = _upsample_axis(_upsample_axis(out, shape[0], 0), shape[1], 1)
     out = out - out.mean()
     return out / (out.std() + 1e-8)
 
@@ -183,10 +196,10 @@ def glacier_geometry(glacier: str, seed: int) -> GlacierGeometry:
         meander_amp=float(rng.uniform(0.03, 0.1)),
         meander_freq=float(rng.uniform(0.5, 1.5)),
         meander_phase=float(rng.uniform(0, 2 * np.pi)),
-        half_width=float(rng.uniform(0.1, 0.17)),
-        widening=float(rng.uniform(0.05, 0.2)),
-        coast=float(rng.uniform(0.75, 0.9)),
-        front_mean=float(rng.uniform(0.45, 0.6)),
+        half_width=float(rng.uniform(0.17, 0.27)),
+        widening=float(rng.uniform(0.0, 0.12)),
+        coast=float(rng.uniform(0.82, 0.95)),
+        front_mean=float(rng.uniform(0.55, 0.68)),
         front_trend=float(rng.uniform(-0.012, 0.002)),
         front_season_amp=float(rng.uniform(0.02, 0.05)),
         northern=glacier in ("COL", "JAC") or glacier not in GLACIERS,
@@ -200,7 +213,325 @@ def _front_position(geo: GlacierGeometry, date: datetime.date, rng: np.random.Ge
     # Fronts advance in (local) winter/spring and retreat in late summer.
     seasonal = geo.front_season_amp * math.sin(2 * math.pi * (phase - 0.1))
     pos = geo.front_mean - geo.front_trend * years + seasonal + rng.normal(0, 0.015)
-    return float(np.clip(pos, 0.28, min(0.78, geo.coast - 0.05)))
+    return float(np.clip(pos, 0.35, min(0.82, geo.coast - 0.06)))
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneLayers:
+    """Everything one rendered acquisition is made of, in the output orientation ``[H, W]``.
+
+    Attributes:
+        sar: uint8 SAR image (0 = no data).
+        zones: uint8 class ids (0 NA, 1 rock, 2 glacier, 3 ocean + ice melange).
+        melange: float32 ice cover of the ocean in [0, 1] (floes, icebergs, sea ice).
+        shade: float32 terrain illumination in [0, 1] (sun hill-shading; 0.5 on flat ground).
+        debris: float32 surface debris / dirt in [0, 1] (medial moraines on the glacier).
+        db: float32 backscatter before speckle (dB), for diagnostics.
+    """
+
+    sar: np.ndarray
+    zones: np.ndarray
+    melange: np.ndarray
+    shade: np.ndarray
+    debris: np.ndarray
+    db: np.ndarray
+
+
+def _polyline_coords(points: np.ndarray, yy: np.ndarray, xx: np.ndarray, aspect: float):
+    """Distance, signed across-coordinate and along-coordinate of every pixel to a polyline.
+
+    Args:
+        points: ``[N, 2]`` (y, x) vertices in normalised units.
+        yy, xx: ``[H, W]`` normalised pixel coordinates.
+        aspect: width / height of the frame (so distances are isotropic).
+
+    Returns:
+        ``(distance, across, along)``, each ``[H, W]``; ``along`` in [0, 1] from the first vertex.
+    """
+    from scipy.spatial import cKDTree
+
+    pts = points * np.array([1.0, aspect])
+    tree = cKDTree(pts)
+    query = np.stack([yy.ravel(), xx.ravel() * aspect], axis=1)
+    dist, idx = tree.query(query)
+    tangent = np.gradient(pts, axis=0)
+    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True) + 1e-12
+    rel = query - pts[idx]
+    across = rel[:, 0] * tangent[idx, 1] - rel[:, 1] * tangent[idx, 0]
+    along = idx / max(len(pts) - 1, 1)
+    return dist.reshape(yy.shape), across.reshape(yy.shape), along.reshape(yy.shape)
+
+
+def _stripe_profile(rng: np.random.Generator, coordinate: np.ndarray, cycles: float) -> np.ndarray:
+    """Flow-parallel stripes: a 1-D fractal profile read at each pixel's across-flow coordinate."""
+    n = 2048
+    profile = _fractal_noise(rng, (n,), cycles, octaves=3)
+    idx = np.clip(((coordinate + 2.0) / 4.0 * (n - 1)).astype(int), 0, n - 1)
+    return profile[idx]
+
+
+def _disk(radius: int) -> np.ndarray:
+    r = np.arange(-radius, radius + 1)
+    return (r[:, None] ** 2 + r[None, :] ** 2) <= radius**2 + 0.5
+
+
+def _granules(
+    rng: np.random.Generator, density: np.ndarray, radius: int, per_pixel: float
+) -> np.ndarray:
+    """Random disks of `radius` px whose centres are drawn with probability ``per_pixel·density``."""
+    seeds = rng.random(density.shape) < per_pixel * density
+    if radius <= 0:
+        return seeds
+    return ndimage.binary_dilation(seeds, structure=_disk(radius))
+
+
+@functools.lru_cache(maxsize=32)
+def _static_scene(geo: GlacierGeometry, hc: int, wc: int) -> types.SimpleNamespace:
+    """The parts of a glacier's scene that do not change between its images (canonical frame).
+
+    Fjord walls, terrain, tributaries, rock outcrops, flow stripes, debris bands, icefalls and
+    the range slope of the terrain, all drawn from the glacier's wall seed. Cached per
+    (glacier, frame size), since a glacier's images share a few sizes; the arrays are read-only.
+    """
+    aspect = wc / hc
+    yy, xx = np.meshgrid(np.linspace(0, 1, hc), np.linspace(0, 1, wc), indexing="ij")
+    wall_rng = np.random.default_rng(geo.wall_seed)
+    y1 = np.linspace(0, 1, hc)
+    centre = geo.centre + geo.meander_amp * np.sin(
+        2 * np.pi * geo.meander_freq * y1 + geo.meander_phase
+    )
+    half = geo.half_width + geo.widening * (y1 - 0.5)
+    half = half + 3.0 * np.clip(y1 - geo.coast, 0, None)  # the fjord opens to the sea
+    left = centre - half - 0.025 * _fractal_noise(wall_rng, (hc,), 6)
+    right = centre + half + 0.025 * _fractal_noise(wall_rng, (hc,), 6)
+    trunk = (xx > left[:, None]) & (xx < right[:, None])
+    across_trunk = (xx - centre[:, None]) / np.maximum(half[:, None], 1e-3)
+    # Terrain height (rock walls rise away from the fjord) for layover/shadow and hill-shading.
+    terrain = _fractal_noise(wall_rng, (hc, wc), 4, octaves=5)
+    ridges = 1.0 - np.abs(_fractal_noise(wall_rng, (hc, wc), 7, octaves=3))
+    wall_dist = np.clip(np.minimum(np.abs(xx - left[:, None]), np.abs(xx - right[:, None])), 0, 1)
+    height = 1.2 * terrain + 0.8 * ridges + 3.0 * np.sqrt(wall_dist)
+    # Tributary glaciers joining the trunk from the sides, and an ice field upstream.
+    tributary = np.zeros((hc, wc), dtype=bool)
+    across_trib = np.zeros((hc, wc))
+    along_trib = np.zeros((hc, wc))
+    n_trib = int(wall_rng.integers(1, 4))
+    for k in range(n_trib):
+        side = 1.0 if wall_rng.random() < 0.5 else 0.0
+        y_start = float(wall_rng.uniform(0.0, 0.4))
+        y_join = min(y_start + float(wall_rng.uniform(0.1, 0.3)), geo.front_mean - 0.1)
+        j = int(np.clip(y_join * (hc - 1), 0, hc - 1))
+        x_join = centre[j]
+        ctrl = np.array([(y_start + y_join) / 2 - 0.05, (side + x_join) / 2])
+        t = np.linspace(0, 1, 120)[:, None]
+        p0, p2 = np.array([y_start, side]), np.array([y_join, x_join])
+        pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * ctrl + t**2 * p2
+        dist, acr, alo = _polyline_coords(pts, yy, xx, aspect)
+        width = float(wall_rng.uniform(0.04, 0.08)) * (
+            1 + 0.25 * _fractal_noise(wall_rng, (hc, wc), 5)
+        )
+        inside = (dist < width) & ~trunk
+        tributary |= inside
+        across_trib = np.where(inside, acr / width, across_trib)
+        along_trib = np.where(inside, alo + k, along_trib)
+    # Land outside the trunk: mountains (rock) poke out of the ice where the terrain is high,
+    # most of all along the fjord walls; the rest is ice (the ice field and its outlets).
+    mountains = ridges + 0.6 * terrain + 1.2 * np.exp(-wall_dist / 0.04)
+    land = ~trunk & ~tributary
+    rock_share = float(wall_rng.uniform(0.3, 0.55))
+    rock = land & (mountains > np.quantile(mountains[land], 1 - rock_share) if land.any() else land)
+    ice = ~rock
+
+    psi = np.where(tributary & ~trunk, across_trib + 3.0 * along_trib, across_trunk)
+    psi = psi + 0.04 * _smooth_noise(wall_rng, (hc, wc), 3)
+    stripes = _stripe_profile(wall_rng, np.clip(psi, -1.9, 1.9) * 0.25, 60)
+    debris = np.clip(_stripe_profile(wall_rng, np.clip(psi, -1.9, 1.9) * 0.25, 25) - 0.9, 0, 1)
+    along = np.where(tributary & ~trunk, along_trib, yy)
+    icefall = _smooth_noise(wall_rng, (hc, wc), 5) > 1.1
+    facies = _smooth_noise(wall_rng, (hc, wc), 3)
+    range_slope = -np.gradient(height, axis=1) * wc * 0.02
+    slope_noise = 0.3 * ndimage.gaussian_filter(_fractal_noise(wall_rng, (hc, wc), 30, 2), 0.7)
+    out = types.SimpleNamespace(
+        yy=yy,
+        xx=xx,
+        trunk=trunk,
+        tributary=tributary,
+        across_trunk=across_trunk,
+        height=height,
+        ice=ice,
+        psi=psi,
+        stripes=stripes,
+        debris=debris,
+        along=along,
+        icefall=icefall,
+        facies=facies,
+        range_slope=range_slope,
+        slope_noise=slope_noise,
+    )
+    for value in vars(out).values():
+        value.setflags(write=False)
+    return out
+
+
+def render_layers(
+    geo: GlacierGeometry,
+    shape: tuple[int, int],
+    date: datetime.date,
+    sensor: str,
+    rng: np.random.Generator,
+    *,
+    front_pos: float | None = None,
+    na_areas: bool = True,
+) -> SceneLayers:
+    """Renders one acquisition and returns all its layers (see `render_scene` for the arguments).
+
+    The scene is built in a canonical frame where the glacier flows "down" (increasing row) and
+    then rotated/transposed by the glacier's orientation. Static parts (fjord walls, terrain,
+    tributaries, flow stripes) come from the glacier's wall seed, so they are the same in every
+    image of a glacier; the front position, melange, crevasse state, look direction, speckle and
+    grey-value mapping vary per image.
+    """
+    h, w = shape
+    rotated = (geo.orientation % 2 == 1) != geo.transpose
+    hc, wc = (w, h) if rotated else (h, w)
+    season = season_of(geo.name, date.month) if geo.name in GLACIERS else _season_north(date)
+    winter = season == "winter"
+    px = 1.0 / max(hc, wc)  # one pixel in normalised units
+
+    st = _static_scene(geo, hc, wc)
+    yy, trunk, ice, psi = st.yy, st.trunk, st.ice, st.psi
+    across_trunk, stripes, debris, along = st.across_trunk, st.stripes, st.debris, st.along
+    xx = st.xx
+
+    # --- Calving front (moves with time) -----------------------------------------------------
+    fpos = _front_position(geo, date, rng) if front_pos is None else front_pos
+    x1 = np.linspace(0, 1, wc)
+    across = np.clip((x1 - geo.centre) / max(geo.half_width, 1e-3), -1.5, 1.5)
+    bow = 0.05 * rng.uniform(-1, 1.5) * across**2
+    jag = 0.03 * _fractal_noise(rng, (wc,), 8, octaves=5) + 0.012 * _fractal_noise(rng, (wc,), 40)
+    front_y = fpos - bow + jag
+    below = yy - front_y[None, :]  # > 0: seaward of the front
+    glacier = ice & ~(trunk & (below >= 0))
+    ocean = trunk & (below >= 0)
+    zones = np.full((hc, wc), ROCK, dtype=np.uint8)
+    zones[glacier] = GLACIER
+    zones[ocean] = OCEAN
+
+    # --- Glacier backscatter: flow stripes, crevasse fields, bright ice cliff ----------------
+    ice_base = rng.normal(-8.0, 1.2) if winter else rng.normal(-12.5, 1.5)
+    period = rng.uniform(4.0, 8.0) * px  # crevasse spacing
+    chevron = 0.35 * np.abs(psi) ** 1.5 * np.sign(rng.uniform(-1, 1))
+    phase = 2 * np.pi * (along + chevron * geo.half_width) / period
+    wave = np.sin(phase + 1.5 * _smooth_noise(rng, (hc, wc), 12))
+    crevasse_field = (
+        np.exp(-np.clip(-below, 0, None) / rng.uniform(0.06, 0.16))  # near the front
+        + np.clip(np.abs(across_trunk) - 0.7, 0, None) * 3 * trunk  # shear margins
+        + st.icefall
+    )
+    crevasse_field = np.clip((crevasse_field - 0.3) * 2.5, 0, 1) * rng.uniform(0.6, 1.0)
+    crevasse_db = crevasse_field * (6.0 * (wave > 0.55) - 4.0 * (wave < -0.75))
+    ice_db = (
+        ice_base
+        + rng.uniform(1.5, 3.0) * stripes
+        + 1.0 * _fractal_noise(rng, (hc, wc), 6, octaves=3)
+        + rng.uniform(1.0, 3.0) * st.facies
+        + crevasse_db
+        - 3.0 * debris
+    )
+    dist_to_ocean = ndimage.distance_transform_edt(~ocean)
+    cliff = glacier & (dist_to_ocean <= rng.uniform(1.0, 3.0))
+    ice_db = np.where(cliff, rng.uniform(0.0, 4.0), ice_db)
+
+    # --- Rock: layover (slopes facing the sensor, bright) and radar shadow (facing away) ------
+    look = 1.0 if rng.random() < 0.5 else -1.0  # sensor on the left (+1) or right (-1)
+    slope = st.range_slope * look + st.slope_noise  # > 0: faces the sensor
+    rock_db = -12.0 + 6.0 * np.tanh(1.5 * slope)
+    rock_slopes = slope[zones == ROCK] if (zones == ROCK).any() else slope
+    layover = slope > np.quantile(rock_slopes, rng.uniform(0.8, 0.9))
+    rock_db = rock_db + np.where(layover, rng.uniform(8.0, 12.0), 0.0)
+    rock_db = rock_db + 1.5 * _fractal_noise(rng, (hc, wc), 40, octaves=2)
+    shadow = (
+        slope < np.quantile(slope[zones == ROCK], rng.uniform(0.3, 0.45))
+        if (zones == ROCK).any()
+        else np.zeros_like(slope, dtype=bool)
+    )
+    rock_db = np.where(shadow, -24.0, rock_db)
+
+    # --- Ocean: open water by wind; granular melange of floes and icebergs near the front -----
+    wind = rng.uniform(-30.0, -14.0)
+    streak = _smooth_noise(rng, (hc, max(4, wc // 8)), 3)
+    streak = np.repeat(streak, int(math.ceil(wc / streak.shape[1])), axis=1)[:, :wc]
+    water_db = wind + 1.5 * streak + 1.5 * _fractal_noise(rng, (hc, wc), 6, octaves=3)
+    melange_len = rng.uniform(0.04, 0.2) * (1.6 if winter else 0.7)
+    density = np.exp(-np.clip(below, 0, None) / melange_len) * rng.uniform(0.5, 1.0)
+    density = density * np.clip(1 + 0.6 * _smooth_noise(rng, (hc, wc), 6), 0, None) * ocean
+    floes = np.zeros((hc, wc), dtype=bool)
+    for radius, rate in ((0, 0.25), (1, 0.06), (2, 0.02)):
+        floes |= _granules(rng, density, radius, rate)
+    bergs = np.zeros((hc, wc), dtype=bool)
+    n_bergs = int(rng.integers(2, 10))
+    for _ in range(n_bergs):
+        r = int(rng.integers(2, max(3, int(0.025 / px))))
+        m = _granules(rng, np.clip(density * 3, 0, 1) * ocean, r, 1.0 / (hc * wc) * 3)
+        bergs |= m
+    bergs &= ocean
+    berg_shadow = np.roll(bergs, int(-look * rng.integers(1, 3)), axis=1) & ~bergs & ocean
+    floes &= ocean
+    slush = ocean & (density > 0.25)
+    sea_ice = ocean & (below > 0) & winter & (rng.random() < 0.4)
+    ocean_db = np.where(slush, -14.0 + 2.0 * density, water_db)
+    ocean_db = np.where(sea_ice & ~slush, -15.0 + _fractal_noise(rng, (hc, wc), 10), ocean_db)
+    ocean_db = np.where(floes, -5.0 + 2.0 * rng.standard_normal((hc, wc)), ocean_db)
+    ocean_db = np.where(bergs, -1.0 + 1.5 * _smooth_noise(rng, (hc, wc), 20), ocean_db)
+    ocean_db = np.where(berg_shadow, -26.0, ocean_db)
+    cover = np.where(bergs | floes, 1.0, np.where(slush, 0.5 * density, 0.0))
+    cover = np.where(sea_ice, np.maximum(cover, 0.6), cover) * ocean
+
+    db = np.where(zones == ROCK, rock_db, np.where(zones == GLACIER, ice_db, ocean_db))
+
+    # --- NA: the deepest radar shadow of the rock and an optional straight swath edge ---------
+    na = np.zeros((hc, wc), dtype=bool)
+    if na_areas:
+        deep = shadow & (zones == ROCK)
+        deep = ndimage.binary_opening(deep, iterations=1)
+        na |= deep
+        if rng.random() < 0.4:
+            ang = rng.uniform(0, 2 * np.pi)
+            proj = np.cos(ang) * (xx - 0.5) + np.sin(ang) * (yy - 0.5)
+            na |= proj > rng.uniform(0.4, 0.65)
+    # Keep every class present: NA may not eat the whole ocean or glacier.
+    zones[na] = NA
+    if not (zones == OCEAN).any() or not (zones == GLACIER).any():
+        zones = np.where(
+            na & ((db == ocean_db) | glacier), np.where(glacier, GLACIER, OCEAN), zones
+        )
+        na = zones == NA
+
+    # --- Speckle (gamma, L looks on the linear intensity) and log quantisation -------------
+    # The images stand for scenes downsampled several times (hundreds of px instead of
+    # thousands), so the speckle is averaged over more looks than the sensor's own.
+    looks = SENSOR_LOOKS[sensor] * rng.uniform(1.0, 2.0)
+    intensity = 10 ** (db / 10) * rng.gamma(looks, 1.0 / looks, size=db.shape)
+    intensity = ndimage.gaussian_filter(intensity, 0.4)  # the resampling's smoothing
+    # Grey values: linear in amplitude, scaled so the median land pixel sits at a per-image
+    # level (processing differs between products), bright targets saturating at 255.
+    amplitude = np.sqrt(intensity)
+    valid = ~na
+    ref = np.median(amplitude[valid]) if valid.any() else 1.0
+    gamma = rng.uniform(0.85, 1.15)
+    scaled = (amplitude / ref) ** gamma * rng.uniform(35.0, 75.0)
+    sar = np.clip(np.round(scaled), 1, 255).astype(np.uint8)  # 0 is reserved for no-data
+    sar[na] = 0
+
+    # Sun hill-shading (for the optical bands; the sun is low in the south-west, arbitrary).
+    gy, gx = np.gradient(st.height)
+    shade = np.clip(0.5 + 40.0 * (0.6 * gx - 0.8 * gy) / max(hc, wc) * 10, 0, 1)
+    shade = np.where(zones == OCEAN, 0.5, shade)
+    layers = [sar, zones, cover.astype(np.float32), shade.astype(np.float32)]
+    layers += [(debris * glacier).astype(np.float32), db.astype(np.float32)]
+    out = [_orient(a, geo) for a in layers]
+    assert out[0].shape == (h, w), (out[0].shape, shape)
+    return SceneLayers(*out)
 
 
 def render_scene(
@@ -215,6 +546,13 @@ def render_scene(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Renders one acquisition.
 
+    The cues of real CaFFe scenes are drawn in: flow-parallel stripes and crevasse fields on the
+    glacier (transverse bands near the front, at the shear margins and in icefalls) and a bright
+    ice cliff along the front; rock with bright layover on slopes facing the sensor and dark
+    radar shadow on slopes facing away (the deepest shadow is no data); open water darkened or
+    brightened by wind; granular ice melange and icebergs (with shadows) near the front; NA
+    exactly 0.
+
     Args:
         geo: glacier geometry.
         shape: output ``(H, W)`` after orientation.
@@ -227,100 +565,8 @@ def render_scene(
     Returns:
         ``(sar uint8 [H, W], zones class ids uint8 [H, W], melange fraction float32 [H, W])``.
     """
-    h, w = shape
-    rotated = (geo.orientation % 2 == 1) != geo.transpose
-    hc, wc = (w, h) if rotated else (h, w)
-    yy, xx = np.meshgrid(np.linspace(0, 1, hc), np.linspace(0, 1, wc), indexing="ij")
-    season = season_of(geo.name, date.month) if geo.name in GLACIERS else _season_north(date)
-    winter = season == "winter"
-
-    # Fjord walls: the static shape comes from the glacier's wall seed (same in every image).
-    wall_rng = np.random.default_rng(geo.wall_seed)
-    y1 = np.linspace(0, 1, hc)
-    centre = geo.centre + geo.meander_amp * np.sin(
-        2 * np.pi * geo.meander_freq * y1 + geo.meander_phase
-    )
-    half = geo.half_width + geo.widening * (y1 - 0.5)
-    half = half + 3.0 * np.clip(y1 - geo.coast, 0, None)  # opens to the sea
-    half = half + 0.25 * np.clip(0.15 - y1, 0, None) / 0.15  # ice field upstream
-    left = centre - half - 0.03 * _fractal_noise(wall_rng, (hc,), 6)
-    right = centre + half + 0.03 * _fractal_noise(wall_rng, (hc,), 6)
-    inside = (xx > left[:, None]) & (xx < right[:, None])
-    terrain = _fractal_noise(wall_rng, (hc, wc), 5)
-    nunatak = (terrain > 1.6) & (yy < geo.front_mean - 0.1)  # rock islands in the ice field
-
-    # Calving front: irregular, concave, moving with time.
-    fpos = _front_position(geo, date, rng) if front_pos is None else front_pos
-    x1 = np.linspace(0, 1, wc)
-    # Curved front (bulging or concave), bounded so it never runs down the open coast.
-    across = np.clip((x1 - geo.centre) / max(geo.half_width, 1e-3), -1.5, 1.5)
-    bow = 0.04 * rng.uniform(-1, 1.5) * across**2
-    jag = 0.025 * _fractal_noise(rng, (wc,), 10, octaves=5) + 0.01 * _fractal_noise(rng, (wc,), 40)
-    front_y = fpos - bow + jag
-    glacier = inside & (yy < front_y[None, :]) & ~nunatak
-    ocean = inside & (yy >= front_y[None, :])
-    zones = np.full((hc, wc), ROCK, dtype=np.uint8)
-    zones[glacier] = GLACIER
-    zones[ocean] = OCEAN
-
-    # Distance below the front (in normalised units) for melange density and crevasses.
-    below = yy - front_y[None, :]
-    # --- Backscatter model in dB ------------------------------------------------------------
-    db = np.zeros((hc, wc))
-    # Rock: bright, rough terrain with layover/foreshortening texture.
-    rock_db = -7.0 + 4.0 * terrain + 2.0 * _fractal_noise(rng, (hc, wc), 25, octaves=2)
-    # Glacier: dry snow/ice bright in winter; wet snow dark in summer (contrast drops); crevasse
-    # bands across the flow near the front.
-    ice_base = rng.normal(-6.0, 1.0) if winter else rng.normal(-13.0, 1.5)
-    crevasse_zone = np.exp(-np.clip(-below, 0, None) / 0.12)
-    crevasse = np.sin(2 * np.pi * (yy * rng.uniform(25, 45) + 0.3 * terrain)) > 0.3
-    ice_db = (
-        ice_base
-        + 1.5 * _fractal_noise(rng, (hc, wc), 8)
-        + crevasse_zone * (3.0 + 4.0 * crevasse * (rng.random() < 0.8))
-    )
-    # Ocean: wind-roughened sea; sometimes as bright as the glacier.
-    wind = rng.uniform(-22.0, -9.0)
-    ocean_db = wind + 2.5 * _fractal_noise(rng, (hc, wc), 4, octaves=3)
-    # Melange: granular bright floes, dense near the front, more in winter; sea ice in winter.
-    melange_len = rng.uniform(0.05, 0.25) * (1.5 if winter else 0.7)
-    density = np.exp(-np.clip(below, 0, None) / melange_len) * rng.uniform(0.5, 1.0)
-    floes = _smooth_noise(rng, (hc, wc), max(hc, wc) / 6.0)
-    melange = ocean & (floes > (1.6 - 2.6 * density))
-    melange_db = -5.0 + 2.0 * _smooth_noise(rng, (hc, wc), max(hc, wc) / 4.0)
-    db = np.where(zones == ROCK, rock_db, db)
-    db = np.where(zones == GLACIER, ice_db, db)
-    db = np.where(zones == OCEAN, np.where(melange, melange_db, ocean_db), db)
-
-    # --- NA areas: radar shadow behind walls and a straight swath edge ------------------------
-    na = np.zeros((hc, wc), dtype=bool)
-    if na_areas:
-        look_dir = rng.choice([-1, 1])
-        slope = np.gradient(terrain, axis=1) * look_dir * wc
-        shadow = (zones == ROCK) & (slope > np.quantile(slope, rng.uniform(0.9, 0.985)))
-        shadow = ndimage.binary_opening(shadow, iterations=1)
-        na |= shadow
-        if rng.random() < 0.5:
-            ang = rng.uniform(0, 2 * np.pi)
-            proj = np.cos(ang) * (xx - 0.5) + np.sin(ang) * (yy - 0.5)
-            na |= proj > rng.uniform(0.35, 0.6)
-    zones[na] = NA
-
-    # --- Speckle (multiplicative, gamma with L looks on the linear intensity), log quantise ----
-    looks = SENSOR_LOOKS[sensor]
-    intensity = 10 ** (db / 10) * rng.gamma(looks, 1.0 / looks, size=db.shape)
-    db_speckled = 10 * np.log10(np.maximum(intensity, 1e-6))
-    lo = rng.uniform(-30, -24)
-    hi = rng.uniform(2, 8)
-    gamma = rng.uniform(0.8, 1.25)  # per-image processing differences
-    scaled = np.clip((db_speckled - lo) / (hi - lo), 0, 1) ** gamma
-    sar = (1 + np.round(scaled * 254)).astype(np.uint8)  # 0 is reserved for no-data
-    sar[na] = 0
-    mel = np.where(melange, 1.0, 0.0).astype(np.float32)
-
-    sar, zones, mel = (_orient(a, geo) for a in (sar, zones, mel))
-    assert sar.shape == (h, w), (sar.shape, shape)
-    return sar, zones, mel
+    layers = render_layers(geo, shape, date, sensor, rng, front_pos=front_pos, na_areas=na_areas)
+    return layers.sar, layers.zones, layers.melange
 
 
 def _season_north(date: datetime.date) -> str:
@@ -348,7 +594,7 @@ def front_line(zones: np.ndarray) -> np.ndarray:
 def front_bbox(front: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Box around the front in file order (lu, ll, rl, ru) as float32 [4, 2] of (x, y).
 
-    "Upper" y is the larger row index (reference §1.7), so the kept window is rows
+    "Upper" y is the larger row index (CaFFe's box convention), so the kept window is rows
     ``[rl_y, lu_y)`` x cols ``[lu_x, rl_x)``.
     """
     h, w = front.shape
@@ -470,19 +716,46 @@ _S2_REFLECTANCE = {
 _SCL_CODE = {"water": 6, "ice": 11, "melange": 11, "rock": 5, "no_data": 0, "cloud": 9}
 
 
-def render_optical(zones: np.ndarray, melange: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Plausible 15-band S2 L2A values (float32 [15, H, W], reflectance x 1e4; NaN where no data)."""
+def render_optical(
+    zones: np.ndarray,
+    melange: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    shade: np.ndarray | None = None,
+    debris: np.ndarray | None = None,
+) -> np.ndarray:
+    """Plausible 15-band S2 L2A values (float32 [15, H, W], reflectance x 1e4; NaN where no data).
+
+    Co-registered with the SAR scene of the same layers: open water is dark in NIR/SWIR, snow and
+    ice are bright in the visible and dark in SWIR (high NDSI), rock is moderately bright with a
+    flat spectrum and hill-shading, melange mixes ice and water by its ice cover, and debris bands
+    (medial moraines) dirty the glacier.
+
+    Args:
+        zones: class ids ``[H, W]``.
+        melange: ice cover of the ocean in [0, 1] ``[H, W]``.
+        rng: random generator (noise, clouds).
+        shade: terrain illumination in [0, 1] (0.5 = flat), or None.
+        debris: debris cover of the glacier in [0, 1], or None.
+    """
     h, w = zones.shape
     bands = np.zeros((15, h, w), dtype=np.float32)
-    surface = np.where(zones == OCEAN, 0, np.where(zones == GLACIER, 1, 2))
-    surface = np.where((zones == OCEAN) & (melange > 0.5), 3, surface)
-    table = np.array(
-        [_S2_REFLECTANCE[k] for k in ("water", "ice", "rock", "melange")], dtype=np.float32
-    )
-    texture = 1.0 + 0.08 * _fractal_noise(rng, (h, w), 10).astype(np.float32)
-    bands[:12] = np.moveaxis(table[surface], -1, 0) * texture[None]
+    table = {k: np.asarray(v, dtype=np.float32)[:, None, None] for k, v in _S2_REFLECTANCE.items()}
+    shade = np.full((h, w), 0.5, np.float32) if shade is None else shade.astype(np.float32)
+    debris = np.zeros((h, w), np.float32) if debris is None else debris.astype(np.float32)
+    cover = np.clip(melange, 0, 1).astype(np.float32)[None]
+    illum_rock = (0.35 + 1.3 * shade)[None]
+    illum_ice = (0.85 + 0.3 * shade)[None]
+    ice = table["ice"] * illum_ice * (1 - debris[None]) + table["rock"] * debris[None]
+    ocean = table["water"] * (1 - cover) + table["melange"] * cover
+    refl = np.where(zones[None] == GLACIER, ice, table["rock"] * illum_rock)
+    refl = np.where(zones[None] == OCEAN, ocean, refl)
+    texture = 1.0 + 0.05 * _fractal_noise(rng, (h, w), 10).astype(np.float32)
+    bands[:12] = refl * texture[None]
     bands[:12] += rng.normal(0, 40, size=(12, h, w)).astype(np.float32)
     bands[:12] = np.clip(bands[:12], 1, 12000)
+    surface = np.where(zones == OCEAN, 0, np.where(zones == GLACIER, 1, 2))
+    surface = np.where((zones == OCEAN) & (melange > 0.5), 3, surface)
     bands[12] = 120 + 20 * _smooth_noise(rng, (h, w), 2)  # AOT
     bands[13] = 900 + 300 * _smooth_noise(rng, (h, w), 2)  # WVP
     scl_table = np.array([_SCL_CODE[k] for k in ("water", "ice", "rock", "melange")])
@@ -520,11 +793,12 @@ def generate_ssl4sar(root: Path | str, spec: SyntheticSSL4SARSpec | None = None)
             rng = np.random.default_rng(_stable_seed("ssl4sar", glacier, spec.seed))
             # The static optical scene; NA (no data) only at a swath-like edge.
             s2_date = datetime.date(2019, 8, int(rng.integers(1, 29)))
-            _, zones, mel = render_scene(geo, spec.size, s2_date, "S1", rng, na_areas=False)
+            layers = render_layers(geo, spec.size, s2_date, "S1", rng, na_areas=False)
+            zones, mel = layers.zones, layers.melange
             edge = np.zeros(spec.size, dtype=bool)
             edge[:, : int(rng.integers(0, spec.size[1] // 10))] = True
             zones = np.where(edge, NA, zones).astype(np.uint8)
-            optical = render_optical(zones, mel, rng)
+            optical = render_optical(zones, mel, rng, shade=layers.shade, debris=layers.debris)
             crs = _SSL4SAR_CRS.get(glacier, 32624)
             transform = from_origin(
                 float(rng.integers(4, 6) * 1e5), 8.0e6, spec.pixel_m, spec.pixel_m

@@ -41,6 +41,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
+from ssl4sar_jax import io_utils
 from ssl4sar_jax.constants import GLACIER, NUM_ZONE_CLASSES, OCEAN
 from ssl4sar_jax.data import synthetic
 from ssl4sar_jax.predict import vector
@@ -96,7 +97,6 @@ def oracle_predict_fn(tiles: np.ndarray) -> np.ndarray:
 
 
 def _write_tif(path: Path, array: np.ndarray, crs, transform, nodata, tags=None) -> None:
-    tmp = path.with_name(f".tmp_{path.name}")
     profile = dict(
         driver="GTiff",
         height=array.shape[0],
@@ -108,20 +108,18 @@ def _write_tif(path: Path, array: np.ndarray, crs, transform, nodata, tags=None)
         nodata=nodata,
         compress="deflate",
     )
-    with rasterio.open(tmp, "w", **profile) as dst:
+    with io_utils.atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(array, 1)
         if tags:
             dst.update_tags(**tags)
-    os.replace(tmp, path)
 
 
 def _write_lines(path: Path, geom, crs, attributes: dict) -> None:
-    tmp = path.with_name(f".tmp_{path.name}")
     key = {".geojson": "geojson", ".gpkg": "gpkg"}[path.suffix]
     parts = list(geom.geoms) if hasattr(geom, "geoms") else [geom]
     attrs = {k: [v] * len(parts) for k, v in attributes.items()}
-    vector.write_vector(str(tmp), parts, attrs, crs, key, layer=path.stem)
-    os.replace(tmp, path)
+    with io_utils.atomic_path(path) as tmp:
+        vector.write_vector(tmp, parts, attrs, crs, key, layer=path.stem)
 
 
 @dataclasses.dataclass
@@ -329,16 +327,15 @@ def write_time_series(
     box = shapely.Polygon(corners)
     box_path = out / f"box.{box_format}"
 
-    tmp = out / f".tmp_box.{box_format}"
-    vector.write_vector(
-        str(tmp),
-        [box],
-        {"name": ["box"]},
-        CRS.from_user_input(crs).to_wkt(),
-        box_format,
-        layer="box",
-    )
-    os.replace(tmp, box_path)
+    with io_utils.atomic_path(box_path) as tmp:
+        vector.write_vector(
+            tmp,
+            [box],
+            {"name": ["box"]},
+            CRS.from_user_input(crs).to_wkt(),
+            box_format,
+            layer="box",
+        )
     change = [float((s - steps_px[0]) * spacing_m) for s in steps_px]
     truth = out / "truth.csv"
     with open(truth, "w", newline="") as f:
@@ -421,7 +418,6 @@ def save_preview(path: Path | str, seed: int = 2, size: int = 384, spacing_m: fl
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp_{path.name}")
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=100, format="png")
     plt.close(fig)
@@ -429,8 +425,9 @@ def save_preview(path: Path | str, seed: int = 2, size: int = 384, spacing_m: fl
     from PIL import Image
 
     # 256 colours: a quarter of the size of the RGBA picture, no visible difference.
-    Image.open(buffer).convert("RGB").quantize(256).save(tmp, format="PNG", optimize=True)
-    os.replace(tmp, path)
+    picture = Image.open(buffer).convert("RGB").quantize(256)
+    with io_utils.atomic_path(path) as tmp:
+        picture.save(tmp, format="PNG", optimize=True)
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""Numpy transforms of the input pipelines (reference data_and_evaluation.md §2.3, §3.2, §3.3).
+"""Numpy transforms of the input pipelines (as Nora-Go/TYRION ``CaFFe/dataset_hook.py``,
+``CaFFe/fetcher.py`` and ``CaFFe/dataset_unlabeled.py``).
 
 All functions are pure numpy, take an explicit ``np.random.Generator`` and work on uint8 images
 ``[H, W]`` / ``[H, W, C]`` until the final float conversion, like the reference.
@@ -22,7 +23,7 @@ from ssl4sar_jax.constants import OCEAN
 
 
 def pad_amounts(size: int, tile: int) -> tuple[int, int]:
-    """(before, after) padding of TYRION ``pad_whole_image`` along one axis (reference §3.2).
+    """(before, after) padding of TYRION ``pad_whole_image`` along one axis (NumPy ``symmetric``).
 
     Target ``(size // tile + 2) * tile``; before = ``round(d / 2)``, after = ``round((d + 1) / 2)``
     with Python's half-to-even round, so the result is one pixel larger when ``d % 4`` is 2 or 3.
@@ -145,7 +146,7 @@ def resize(image: np.ndarray, size: tuple[int, int], method: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# Fine-tuning augmentations (TYRION RandomPatchDataset, reference §3.3)
+# Fine-tuning augmentations (TYRION CaFFe/dataset_hook.py:RandomPatchDataset)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -235,7 +236,8 @@ def mix_up_ocean(
 
 
 def ocrodeg(sar: np.ndarray, rng: np.random.Generator, cfg: FinetuneSamplerConfig) -> np.ndarray:
-    """Poisson speckle -> brightness -> gamma, each with its probability (reference §3.3 step 5)."""
+    """Poisson speckle -> brightness -> gamma, each with its probability (TYRION
+    ``RandomPatchDataset``, after the geometric augmentations)."""
     if rng.random() < cfg.prob_speckle:
         peak = int(3 * rng.random()) + 1
         noise = rng.random(sar.shape) * (rng.poisson(peak, sar.shape) - peak)
@@ -269,7 +271,7 @@ def flips(
 
 
 # ----------------------------------------------------------------------------------------------
-# Pretraining (TYRION Random_Dataset_OptSimMIM / OptTranslator, reference §2.3)
+# Pretraining (TYRION CaFFe/dataset_unlabeled.py: Random_Dataset_OptSimMIM / _OptTranslator)
 # ----------------------------------------------------------------------------------------------
 
 

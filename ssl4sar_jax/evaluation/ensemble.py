@@ -1,4 +1,7 @@
-"""Full-image prediction, test-time augmentation (TTA), ensembles (``model_and_training.md`` §5).
+"""Full-image prediction, test-time augmentation (TTA), ensembles.
+
+As Nora-Go/TYRION ``Evaluation_test_time_aug_ensemble.py``: the members' softmax outputs over
+the 4 rotations (0/90/180/270 degrees, no flips) are averaged.
 
 * One pass: tile the image, run ``predict_fn`` on batches of contexts, cut the centre of the
   logits, softmax, stitch (``tiling.py``).
@@ -17,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ssl4sar_jax import array_utils
 from ssl4sar_jax.evaluation.tiling import Stitcher, centre_crop, iter_tile_batches, make_layout
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -80,10 +84,9 @@ def predict_probabilities(
     for indices, tiles in iter_tile_batches(image, layout, batch_size):
         tiles = tiles.astype(np.float32, copy=False)
         n = len(indices)
-        if pad_batches and n < batch_size:
+        if pad_batches:
             # A constant batch shape avoids recompiling a jitted predict_fn for the last batch.
-            filler = np.zeros((batch_size - n, *tiles.shape[1:]), np.float32)
-            tiles = np.concatenate([tiles, filler])
+            tiles, _ = array_utils.pad_batch(tiles, batch_size)
         logits = np.asarray(predict_fn(tiles))
         expected = (len(tiles), context, context, num_classes)
         if logits.shape != expected:

@@ -1,4 +1,5 @@
-"""Front and zone metrics (``data_and_evaluation.md`` §4.2, §4.4, §4.5).
+"""Front and zone metrics and their breakdowns (Nora-Go/TYRION ``Evaluation.py``; the same
+functions in the CaFFe code, Nora-Go/Calving_Fronts_and_Where_to_Find_Them ``validate_or_test.py``).
 
 Mean Distance Error (MDE), exactly as TYRION/CaFFe ``front_error`` +
 ``calculate_front_delineation_metric``: for each image i with predicted front P_i, true front G_i
@@ -24,12 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from ssl4sar_jax.constants import NUM_ZONE_CLASSES, ZONE_NAMES
+from ssl4sar_jax.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,7 +243,7 @@ def average_zone_metrics(rows: Sequence[dict]) -> dict[str, float]:
 
 
 def sensor_group(sensor: str) -> str:
-    """TSX and TDX are reported together as ``"TSX/TDX"`` (§1.3)."""
+    """TSX and TDX are reported together as ``"TSX/TDX"`` (one mission pair, as in the CaFFe breakdowns)."""
     return "TSX/TDX" if sensor in ("TSX", "TDX") else sensor
 
 
@@ -277,6 +280,7 @@ def breakdowns(rows: Sequence[dict]) -> dict[str, dict[str, dict]]:
             "/".join(str(v) for v in key): {
                 **pool_front_metrics(group),
                 "iou_mean": average_zone_metrics(group)["iou_mean"],
+                **pool_extra_metrics(group),
             }
             for key, group in sorted(groups.items())
         }
@@ -294,3 +298,86 @@ def json_safe(obj):
     if isinstance(obj, float):
         return _nan_to_none(obj)
     return obj
+
+
+# ---------------------------------------------------------------------------- registry
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """An extra evaluation metric: computed per image, pooled over any set of images.
+
+    Registered metrics run after the built-in front and zone metrics, for every evaluation
+    (``ssl4sar_jax.evaluation.runner``, training-time validation, the evaluate task): their
+    per-image values become columns of ``per_image.csv``, their pooled values enter the flat
+    metrics as ``{group}/{key}`` and every breakdown subset (per glacier, season, ...).
+
+    Attributes:
+        name: Registry key.
+        per_image: ``(image, pred_zones [H, W], pred_front [H, W] bool) -> {column: float}``;
+            ``image`` is the runner's validated ``ImageRecord`` (``zones``, ``front``,
+            ``pixel spacing``, ``glacier``, ...).
+        pool: ``(rows) -> {key: float}`` over per-image rows; None: the NaN-skipping mean of
+            each column.
+        group: Prefix of the flat keys (``"zones"``, ``"front"`` or a new one).
+        columns: The per-image columns ``per_image`` returns (default: just ``name``).
+    """
+
+    name: str
+    per_image: Callable[[Any, np.ndarray, np.ndarray], dict[str, float]]
+    pool: Callable[[Sequence[dict]], dict[str, float]] | None = None
+    group: str = "zones"
+    columns: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.columns:
+            object.__setattr__(self, "columns", (self.name,))
+
+
+_METRICS: Registry[Metric] = Registry("metric")
+
+
+def register_metric(metric: Metric, *, replace: bool = False) -> Metric:
+    """Adds ``metric`` to the registry (``replace=True`` to overwrite an entry)."""
+    return _METRICS.add(metric.name, metric, replace=replace)
+
+
+def unregister_metric(name: str) -> None:
+    """Removes an entry (tests that register a temporary metric)."""
+    _METRICS.remove(name)
+
+
+def metric_names() -> tuple[str, ...]:
+    """Registered extra metrics, in registration order."""
+    return _METRICS.names()
+
+
+def extra_image_metrics(image: Any, pred_zones: np.ndarray, pred_front: np.ndarray) -> dict:
+    """The per-image values of every registered metric (merged into the runner's row)."""
+    out: dict[str, float] = {}
+    for metric in _METRICS.values():
+        values = {k: float(v) for k, v in metric.per_image(image, pred_zones, pred_front).items()}
+        if set(values) != set(metric.columns):
+            raise ValueError(
+                f"metric {metric.name!r} returned columns {sorted(values)}, declared "
+                f"{sorted(metric.columns)}"
+            )
+        clash = sorted(set(values) & set(out))
+        if clash:
+            raise ValueError(f"metric {metric.name!r} returns columns already taken: {clash}")
+        out.update(values)
+    return out
+
+
+def pool_extra_metrics(rows: Sequence[dict]) -> dict[str, float]:
+    """Pooled values of every registered metric, as flat ``{group}/{key}`` entries."""
+    out: dict[str, float] = {}
+    for metric in _METRICS.values():
+        if metric.pool is not None:
+            pooled = metric.pool(rows)
+        else:
+            pooled = {}
+            for column in metric.columns:
+                values = np.asarray([row[column] for row in rows], dtype=np.float64)
+                finite = ~np.isnan(values)
+                pooled[column] = float(values[finite].mean()) if finite.any() else float("nan")
+        out.update({f"{metric.group}/{k}": float(v) for k, v in pooled.items()})
+    return out

@@ -1,4 +1,8 @@
-"""Zones -> calving front post-processing (``data_and_evaluation.md`` §4.3 and §1.7).
+"""Zones -> calving front post-processing and the evaluation bounding box.
+
+As Nora-Go/TYRION ``Evaluation.py:post_processing`` and the CaFFe code
+(Nora-Go/Calving_Fronts_and_Where_to_Find_Them ``data_processing/data_postprocessing.py``,
+``validate_or_test.py:mask_prediction_with_bounding_box``).
 
 Steps, for a predicted zone map (class ids, ``ssl4sar_jax.constants``) of an image with
 resolution ``r`` metres per pixel:
@@ -168,7 +172,7 @@ def postprocess_zones(
     length_rule: str = "tyrion",
     return_cleaned_zones: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Predicted zones -> predicted calving front (all steps of §4.3).
+    """Predicted zones -> predicted calving front (all the steps listed in the module docstring).
 
     Args:
         zones: ``[H, W]`` integer class ids (0 NA, 1 rock, 2 glacier, 3 ocean).

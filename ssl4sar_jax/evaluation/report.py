@@ -11,14 +11,13 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from ssl4sar_jax import io_utils
 from ssl4sar_jax.constants import ZONE_NAMES
 from ssl4sar_jax.evaluation.metrics import json_safe
 from ssl4sar_jax.evaluation.postprocess import bbox_window
@@ -31,49 +30,14 @@ BBOX_COLOUR = np.array([255, 200, 0], np.uint8)
 MAX_PICTURE_SIDE = 1200
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_path(path: str) -> tuple[int, str]:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.splitext(path)[1])
-    # mkstemp creates 0600; the output gets the permissions of an ordinary file (umask).
-    os.chmod(tmp, 0o666 & ~_umask())
-    return fd, tmp
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` via a temporary file and a rename."""
-    fd, tmp = _atomic_path(path)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def atomic_save_png(path: str, image: np.ndarray) -> None:
     """Saves ``[H, W]`` or ``[H, W, 3]`` uint8 as PNG via a temporary file and a rename."""
-    fd, tmp = _atomic_path(path)
-    os.close(fd)
-    try:
+    with io_utils.atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def write_json(path: str, obj: dict) -> None:
-    atomic_write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=False) + "\n")
+    io_utils.write_text_atomic(path, json.dumps(json_safe(obj), indent=2, sort_keys=False) + "\n")
 
 
 def write_csv(path: str, rows: Sequence[dict]) -> None:
@@ -86,7 +50,7 @@ def write_csv(path: str, rows: Sequence[dict]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if _is_nan(v) else v) for k, v in row.items()})
-    atomic_write_text(path, buffer.getvalue())
+    io_utils.write_text_atomic(path, buffer.getvalue())
 
 
 def _is_nan(value) -> bool:
@@ -215,12 +179,4 @@ def summary_plot(path: str, breakdowns: dict, overall: dict) -> None:
     iou = overall.get("zones/iou_mean", float("nan"))
     fig.suptitle(f"Pooled MDE {mde:.1f} m, mean zone IoU {iou:.3f} ({', '.join(ZONE_NAMES)})")
     fig.tight_layout()
-    fd, tmp = _atomic_path(path)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    io_utils.save_figure(fig, path, dpi=110, format="png")

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ssl4sar_jax.constants import NUM_ZONE_CLASSES, SEASONS, season_of
+from ssl4sar_jax import progress as progress_lib
+from ssl4sar_jax.constants import NUM_ZONE_CLASSES, SEASONS, season_of, stem_fields
 from ssl4sar_jax.evaluation import metrics as metrics_lib
 from ssl4sar_jax.evaluation import report
 from ssl4sar_jax.evaluation.ensemble import ensemble_probabilities
@@ -92,25 +93,25 @@ def parse_record(
             ``allow_empty_true_front``).
     """
     stem = _text(record.get("stem")) or f"record_{index}"
-    fields = stem.split("_")
+    fields = stem_fields(stem)
 
-    def field(key: str, position: int) -> str | None:
+    def field(key: str) -> str | None:
         value = _text(record.get(key))
-        if value is None and len(fields) > position:
-            value = fields[position]
-        return value
+        return fields.get(key) if value is None else value
 
-    glacier = field("glacier", 0)
+    glacier = field("glacier")
     if not glacier:
         raise ValueError(f"{stem}: no glacier (record field or stem field 0)")
-    sensor = field("sensor", 2)
+    sensor = field("sensor")
     if not sensor:
         raise ValueError(f"{stem}: no sensor (record field or stem field 2)")
-    date = field("date", 1) or ""
+    date = field("date") or ""
     raw_res = record.get("resolution_m")
     try:
-        resolution = int(np.asarray(raw_res).item()) if raw_res is not None else int(fields[3])
-    except (ValueError, IndexError) as err:
+        resolution = (
+            int(np.asarray(raw_res).item()) if raw_res is not None else int(fields["resolution_m"])
+        )
+    except (ValueError, KeyError) as err:
         raise ValueError(f"{stem}: cannot read the resolution (field 3 of the stem)") from err
     if resolution <= 0:
         raise ValueError(f"{stem}: resolution must be positive, got {resolution}")
@@ -230,6 +231,7 @@ def evaluate_image(
         "n_true_front": int(image.front.sum()),
     }
     row.update(metrics_lib.zone_metrics(pred_zones, image.zones))
+    row.update(metrics_lib.extra_image_metrics(image, pred_zones, pred_front))
     return row, pred_front
 
 
@@ -241,28 +243,23 @@ def summarise(rows: Sequence[dict]) -> tuple[dict[str, float], dict]:
     zones = metrics_lib.average_zone_metrics(rows)
     flat = {f"front/{k}": v for k, v in front.items()}
     flat.update({f"zones/{k}": v for k, v in zones.items()})
+    flat.update(metrics_lib.pool_extra_metrics(rows))
     return flat, metrics_lib.breakdowns(rows)
 
 
 class _Progress:
+    """Per-image progress lines (images/s, ETA) on stderr when ``verbose``."""
+
     def __init__(self, total: int | None, verbose: bool, label: str):
-        self.total, self.verbose, self.label = total, verbose, label
-        self.start = time.perf_counter()
-        self.done = 0
+        self.verbose, self.label = verbose, label
+        self.meter = progress_lib.Progress(total, "images")
 
     def step(self, message: str) -> None:
-        self.done += 1
-        if not self.verbose:
-            return
-        elapsed = time.perf_counter() - self.start
-        rate = self.done / max(elapsed, 1e-9)
-        total = f"/{self.total}" if self.total else ""
-        eta = f", ETA {(self.total - self.done) / rate:.0f} s" if self.total else ""
-        print(
-            f"[{self.label} {self.done}{total}] {message} | {rate:.2f} images/s{eta}",
-            file=sys.stderr,
-            flush=True,
-        )
+        self.meter.update()
+        if self.verbose:
+            print(
+                f"[{self.label}] {message} | {self.meter.describe()}", file=sys.stderr, flush=True
+            )
 
 
 def write_outputs(

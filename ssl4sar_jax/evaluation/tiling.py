@@ -1,6 +1,7 @@
 """Full-image tiling and stitching, as the reference evaluates whole CaFFe images.
 
-Two reference modes (``data_and_evaluation.md`` §3.2, §3.4, §4.1):
+Two modes of Nora-Go/TYRION (``CaFFe/fetcher.py`` and ``CaFFe/dataset_hook.py``; padding is
+NumPy ``symmetric``, i.e. mirrored including the edge pixel):
 
 * **Non-overlapping** (``stride == centre``, TYRION ``PatchDataSet``): the image is padded with
   ``pad_whole_image`` and cut into a grid of ``(H // centre + 1) x (W // centre + 1)`` contexts
@@ -23,6 +24,8 @@ from collections.abc import Iterator
 
 import numpy as np
 from scipy import ndimage
+
+from ssl4sar_jax import array_utils
 
 STITCH_MODES = ("plain", "gaussian")
 
@@ -222,8 +225,7 @@ def centre_crop(tiles: np.ndarray, context: int, centre: int) -> np.ndarray:
         raise ValueError(
             f"Expected tiles of size {context}x{context}, got shape {tuple(tiles.shape)}"
         )
-    m = (context - centre) // 2
-    return tiles[:, m : m + centre, m : m + centre]
+    return array_utils.centre_crop(tiles, centre)
 
 
 class Stitcher:

@@ -1,6 +1,7 @@
 """PyTorch weight import/export for the SSL4SAR models (NumPy key mapping; torch only for files).
 
-Two checkpoint formats are read (model_and_training.md §4.5-§4.6):
+Two checkpoint formats are read (those Nora-Go/TYRION loads: ``Tyrion.load_from_pretrained`` and
+the Lightning checkpoints of ``train_Tyrion.py``):
 
 * **Microsoft SwinV2** (``swinv2_tiny_patch4_window16_256.pth``): ``{"model": state_dict}``
   with keys such as ``layers.0.blocks.1.attn.qkv.weight``. Loaded into the encoder only;
@@ -35,12 +36,10 @@ The ``.npz`` files hold the NNX parameters keyed by ``/``-joined paths; load the
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -48,7 +47,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ssl4sar_jax import io_utils
 from ssl4sar_jax.models.config import ModelConfig, as_config
+from ssl4sar_jax.param_utils import LoadReport, model_params, param_variables, path_to_str
 
 FORMATS = ("microsoft", "tyrion")
 TYRION_PREFIX = "swin_unet."
@@ -63,55 +64,6 @@ _SKIP_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^(norm|head)\."), "ImageNet classifier (not part of the encoder)"),
     (re.compile(r"(^|\.)absolute_pos_embed$"), "absolute position embedding (ape=False)"),
 )
-
-
-@dataclasses.dataclass
-class LoadReport:
-    """What a weight import did.
-
-    Attributes:
-        loaded: Checkpoint keys copied into the model.
-        missing: Model parameters (as checkpoint keys) absent from the checkpoint.
-        mismatched: ``(key, checkpoint_shape, expected_shape)`` of parameters with the wrong shape.
-        skipped: ``(key, reason)`` of known checkpoint entries without counterpart (buffers,
-            dead weights, classifier).
-        unexpected: Other checkpoint keys that were ignored.
-        left_out: Model parameters deliberately not loaded (outside the requested scope,
-            e.g. the decoder for an encoder-only import), as NNX paths.
-    """
-
-    loaded: list[str] = dataclasses.field(default_factory=list)
-    missing: list[str] = dataclasses.field(default_factory=list)
-    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = dataclasses.field(
-        default_factory=list
-    )
-    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-    unexpected: list[str] = dataclasses.field(default_factory=list)
-    left_out: list[str] = dataclasses.field(default_factory=list)
-    num_loaded_values: int = 0
-
-    def summary(self) -> str:
-        """Human-readable multi-line summary."""
-        lines = [
-            f"loaded {len(self.loaded)} tensors ({self.num_loaded_values:,} values)",
-            f"skipped {len(self.skipped)} known entries (buffers / dead weights / classifier)",
-        ]
-        for key, reason in self.skipped:
-            lines.append(f"  skipped {key}: {reason}")
-        for name, items in (
-            ("missing", self.missing),
-            ("unexpected (ignored)", self.unexpected),
-            ("left out (kept at init)", self.left_out),
-        ):
-            lines.append(f"{name}: {len(items)}")
-            lines += [f"  {k}" for k in items]
-        lines.append(f"mismatched: {len(self.mismatched)}")
-        lines += [f"  {k}: checkpoint {a} vs model {b}" for k, a, b in self.mismatched]
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict."""
-        return dataclasses.asdict(self)
 
 
 # ----------------------------------------------------------------------------- key mapping
@@ -257,7 +209,7 @@ def load_torch_state(
             if _is_encoder_path(path):
                 wanted[path] = key[len(TYRION_PREFIX) :]
             else:
-                report.left_out.append("/".join(map(str, path)))
+                report.left_out.append(path_to_str(path))
     else:
         wanted = dict(keys)
         if "mask_token" in state and ("mask_token",) not in keys:
@@ -294,10 +246,23 @@ def load_torch_state(
             f"checkpoint ({fmt}) does not fit the model; pass partial=True to load anyway.\n"
             + report.summary()
         )
+    _require_some_loaded(report, len(wanted), f"checkpoint ({fmt})")
     for path, value in updates.items():
         variables[path].set_value(jnp.asarray(value, dtype=variables[path].dtype))
     nnx.update(model, params)
     return report
+
+
+def _require_some_loaded(report: LoadReport, wanted: int, what: str) -> None:
+    """A (partial) load that matched nothing is an error: the result would be a fresh init."""
+    if wanted and not report.loaded:
+        raise ValueError(
+            f"no parameter of the {what} matches the model: 0 of {wanted} loaded "
+            f"({len(report.missing)} missing, {len(report.mismatched)} mis-shaped, "
+            f"{len(report.unexpected)} unexpected keys). The result would be a pure random "
+            "initialisation; check the checkpoint format, the model variant and the objective.\n"
+            + report.summary()
+        )
 
 
 def export_torch_state(model: nnx.Module, *, fmt: str = "tyrion") -> dict[str, np.ndarray]:
@@ -327,12 +292,6 @@ def export_torch_state(model: nnx.Module, *, fmt: str = "tyrion") -> dict[str, n
 
 
 # ----------------------------------------------------------------------------- files
-def _atomic_target(path: str) -> tuple[int, str]:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    return tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-
-
 def read_torch_checkpoint(path: str, *, trust_pickle: bool = False) -> dict[str, np.ndarray]:
     """Reads a ``.pth``/``.ckpt`` file into ``{key: np.ndarray}`` (needs torch).
 
@@ -386,39 +345,19 @@ def write_torch_checkpoint(state: Mapping[str, np.ndarray], path: str, *, fmt: s
 
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
     payload = {"state_dict": tensors} if fmt == "tyrion" else {"model": tensors}
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+    with io_utils.atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def params_to_flat_dict(model: nnx.Module) -> dict[str, np.ndarray]:
-    """``{"encoder/layers/0/...": np.ndarray}`` of every parameter."""
-    return {
-        "/".join(map(str, path)): np.asarray(var[...])
-        for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))
-    }
 
 
 def save_params_npz(
     model: nnx.Module, path: str, *, metadata: Mapping[str, Any] | None = None
 ) -> None:
     """Saves all parameters (and the config as JSON) to ``path`` (``.npz``), atomically."""
-    arrays = params_to_flat_dict(model)
+    arrays = model_params(model)
     meta = {"config": model.config.to_dict(), **(metadata or {})}
     arrays["__metadata__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with io_utils.atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def read_params_npz(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -451,8 +390,7 @@ def load_flat_dict(
     (``backbone/`` prefixes are added or stripped as needed).
     """
     report = LoadReport()
-    params = nnx.state(model, nnx.Param)
-    variables = {"/".join(map(str, p)): v for p, v in nnx.to_flat_state(params)}
+    params, variables = param_variables(model)
     has_backbone = any(k.startswith("backbone/") for k in variables)
     src_backbone = any(k.startswith("backbone/") for k in arrays)
     renamed = {}
@@ -480,6 +418,7 @@ def load_flat_dict(
     report.unexpected += sorted(set(renamed) - set(variables))
     if (report.missing or report.mismatched) and not partial:
         raise ValueError("parameters do not fit the model (partial=False):\n" + report.summary())
+    _require_some_loaded(report, len(variables), "parameter file")
     for key, value in updates.items():
         variables[key].set_value(jnp.asarray(value, dtype=variables[key].dtype))
     nnx.update(model, params)
@@ -549,7 +488,11 @@ def main(argv: list[str] | None = None) -> int:
     model = _build(args.variant, args.objective, args.seed, args.set)
     if args.command == "import":
         state = read_torch_checkpoint(args.input, trust_pickle=args.trust_pickle)
-        report = load_torch_state(model, state, fmt=args.format, partial=args.partial)
+        try:
+            report = load_torch_state(model, state, fmt=args.format, partial=args.partial)
+        except ValueError as err:
+            print(f"error: {args.input}: {err}", file=sys.stderr)
+            return 1
         save_params_npz(
             model,
             args.output,
@@ -557,10 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(report.summary())
         if args.report:
-            fd, tmp = _atomic_target(args.report)
-            with os.fdopen(fd, "w") as f:
-                json.dump(report.to_dict(), f, indent=1)
-            os.replace(tmp, args.report)
+            io_utils.write_json_atomic(args.report, report.to_dict(), indent=1)
         print(f"wrote {args.output}")
     else:
         load_params_npz(model, args.input)

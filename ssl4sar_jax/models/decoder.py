@@ -1,4 +1,5 @@
-"""Residual CNN decoder of TYRION/SSL4SAR (model_and_training.md §1.5), NHWC.
+"""Residual CNN decoder of SSL4SAR (Nora-Go/TYRION ``Tyrion.forward`` and
+``collection.py``), NHWC.
 
 Decoder in forward order for the paper configuration (``cat`` = channel concatenation
 ``[decoder_features, skip]``, in that order):

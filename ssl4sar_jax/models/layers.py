@@ -1,6 +1,6 @@
 """Shared building blocks: initialisers matching the PyTorch reference, Conv2d, norms.
 
-Initialisation (model_and_training.md §1.7):
+Initialisation (as Nora-Go/TYRION ``Tyrion.__init__`` / ``_init_weights``):
 
 * Linear layers of the Swin encoder: weight ~ N(0, 0.02^2) truncated at +-2 (absolute, as
   timm's ``trunc_normal_``, i.e. +-100 sigma), bias 0 (`trunc_normal_linear`).

@@ -1,4 +1,5 @@
-"""Self-supervised pretraining models (model_and_training.md §4.2-§4.3).
+"""Self-supervised pretraining models (OptSimMIM and OptTranslator of Gourmelon et al.
+2025, TGRS; Nora-Go/TYRION ``model/pretraining/OptSimMIM.py`` and ``OptTranslator.py``).
 
 Both hold the full `SSL4SARSegmenter` under the attribute ``backbone`` (the same parameter
 tree as fine-tuning, so weights transfer by path; TYRION's ``swin_unet.*``), and bypass its

@@ -1,4 +1,5 @@
-"""SwinV2 encoder (NHWC), as used by TYRION/SSL4SAR (model_and_training.md §1.1-§1.4).
+"""SwinV2 encoder (NHWC), as used by SSL4SAR (Nora-Go/TYRION ``SwinV2.py`` and
+``SwinV2Modules.py``; SwinV2 of Liu et al. 2022).
 
 Shapes for the paper configuration (512 x 512 input, patch 4, window 16):
 

@@ -34,6 +34,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine
 from rasterio.warp import reproject
 
+from ssl4sar_jax import progress as progress_lib
 from ssl4sar_jax.constants import NA, NUM_ZONE_CLASSES, ZONE_NAMES
 from ssl4sar_jax.evaluation.ensemble import ensemble_probabilities
 from ssl4sar_jax.evaluation.metrics import json_safe
@@ -71,18 +72,15 @@ class Progress:
 
     def __init__(self, every_s: float = 10.0):
         self.every_s = every_s
-        self.run_tiles = 0
-        self.run_start = time.perf_counter()
+        self.run = progress_lib.Progress(None, "tiles")
+        self.scene = progress_lib.Progress(0, "tiles")
         self.scene_name = ""
-        self.scene_total = 0
-        self.scene_done = 0
-        self._last = 0.0
         self.scenes_left = 0
+        self._last = 0.0
 
     def start_scene(self, name: str, total_tiles: int, scenes_left: int) -> None:
-        self.scene_name, self.scene_total, self.scene_done = name, total_tiles, 0
-        self.scene_start = time.perf_counter()
-        self.scenes_left = scenes_left
+        self.scene_name, self.scenes_left = name, scenes_left
+        self.scene = progress_lib.Progress(total_tiles, "tiles")
 
     def wrap(self, fn: PredictFn) -> PredictFn:
         def counted(tiles: np.ndarray) -> np.ndarray:
@@ -93,33 +91,22 @@ class Progress:
         return counted
 
     def tick(self, n: int) -> None:
-        self.scene_done = min(self.scene_total, self.scene_done + n)
-        self.run_tiles += n
+        self.scene.update(min(self.scene.total, self.scene.done + n))
+        self.run.update(self.run.done + n)
         now = time.perf_counter()
-        if now - self._last >= self.every_s or self.scene_done == self.scene_total:
+        if now - self._last >= self.every_s or self.scene.done == self.scene.total:
             self._last = now
-            rate = self.scene_done / max(now - self.scene_start, 1e-9)
-            eta = (self.scene_total - self.scene_done) / max(rate, 1e-9)
             logging.info(
-                "%s: %d/%d tiles, %.2f tiles/s, scene ETA %s; %d scene(s) after this one",
+                "%s: %s; %d scene(s) after this one",
                 self.scene_name,
-                self.scene_done,
-                self.scene_total,
-                rate,
-                _format_seconds(eta),
+                self.scene.describe(),
                 self.scenes_left,
             )
 
     @property
     def tiles_per_s(self) -> float:
-        return self.run_tiles / max(time.perf_counter() - self.run_start, 1e-9)
-
-
-def _format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h:d}:{m:02d}:{s:02d}"
+        rate = self.run.rate
+        return 0.0 if math.isnan(rate) else rate
 
 
 # ------------------------------------------------------------------------------ models

@@ -27,6 +27,7 @@ from absl import logging
 from pyproj import CRS as ProjCRS
 from shapely import ops
 
+from ssl4sar_jax import io_utils
 from ssl4sar_jax.evaluation.report import write_csv, write_json
 from ssl4sar_jax.predict import vector
 from ssl4sar_jax.predict.scenes import metadata_from_name
@@ -324,10 +325,7 @@ def plot_timeseries(path, rows, parts_by_date, box, ea_crs, basemap: str = "") -
     mp.set_title("Fronts by date (equal-area metres)")
     mp.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    tmp = os.path.join(os.path.dirname(path), f".tmp_{os.path.basename(path)}")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    io_utils.save_figure(fig, path, dpi=110, format="png")
 
 
 def _draw_basemap(ax, path: str, ea_crs) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import ml_collections
 
+from ssl4sar_jax.registry import Registry
 from ssl4sar_jax.tasks.base import Task, ValidationContext
 from ssl4sar_jax.tasks.evaluate import evaluate
 from ssl4sar_jax.tasks.finetune import FinetuneTask
@@ -51,7 +52,7 @@ class TaskEntry:
         return train_lib.train_and_evaluate(config, workdir)
 
 
-_REGISTRY: dict[str, TaskEntry] = {}
+_REGISTRY: Registry[TaskEntry] = Registry("task")
 
 
 def register_task(
@@ -64,23 +65,19 @@ def register_task(
     """Registers a training `Task` class or (``run=``) a standalone entry point."""
     if (task_cls is None) == (run is None):
         raise ValueError(f"register_task({name!r}): pass exactly one of task_cls and run")
-    if name in _REGISTRY and not replace:
-        raise ValueError(f"task {name!r} is already registered")
-    entry = TaskEntry(name, task_cls, run)
-    _REGISTRY[name] = entry
-    return entry
+    return _REGISTRY.add(name, TaskEntry(name, task_cls, run), replace=replace)
 
 
 def task_names(*, training_only: bool = False) -> tuple[str, ...]:
     """Registered task names (``training_only``: those the training loop runs)."""
-    return tuple(n for n, e in _REGISTRY.items() if e.trains or not training_only)
+    return tuple(e.name for e in _REGISTRY.values() if e.trains or not training_only)
 
 
 def get_entry(name: str) -> TaskEntry:
     """The registered entry ``name``; ValueError naming the known ones otherwise."""
     if name not in _REGISTRY:
         raise ValueError(f"config.task must be one of {task_names()}, got {name!r}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 def get_task(config: ml_collections.ConfigDict) -> Task:

@@ -128,6 +128,15 @@ class Task(abc.ABC):
     def validate(self, sources: Mapping[str, Any], ctx: ValidationContext) -> dict[str, float]:
         """Validation metrics (keys prefixed ``val/``)."""
 
+    def required_splits(self) -> dict[str, str]:
+        """``{config key: split name}`` of every split this run reads (checked at start-up)."""
+        data = self.config.data
+        splits = {"config.data.train_split": data.train_split}
+        val = self.config.get("val", None)
+        if val is not None and (val.get("every_steps", 0) > 0 or val.get("at_start", False)):
+            splits["config.data.val_split"] = data.val_split
+        return splits
+
     # ------------------------------------------------------------------ init
     def init_allow_missing(self) -> tuple[str, ...]:
         """Parameter path regexes that may stay fresh when initialising from another run."""
@@ -173,3 +182,32 @@ def _check_no_input_size(sampler: Mapping[str, Any], size_field: str, model: Mod
 def data_dir_of(config: ml_collections.ConfigDict) -> str:
     """``config.data.data_dir`` with ``~`` and environment variables expanded."""
     return os.path.expanduser(os.path.expandvars(config.data.data_dir))
+
+
+def check_splits(sources: Mapping[str, Any], required: Mapping[str, str]) -> None:
+    """Every split the run will read exists and is non-empty — before any training.
+
+    Args:
+        sources: ``{split: data source}`` from :meth:`Task.prepare_data`.
+        required: ``{config key: split name}`` from :meth:`Task.required_splits`.
+
+    Raises:
+        ValueError: naming the config key, the split and the splits that exist.
+    """
+    for key, split in required.items():
+        if split not in sources:
+            raise ValueError(
+                f"{key}={split!r}: the dataset has no split {split!r} (it has "
+                f"{sorted(sources)}). Prepare the dataset with that split, or set {key} to one "
+                "of those."
+            )
+        if len(sources[split]) == 0:
+            raise ValueError(
+                f"{key}={split!r}: the split {split!r} of the dataset is empty. Add data to it "
+                "(and prepare the dataset again), or set "
+                + (
+                    "--config.val.every_steps=0 to train without validation."
+                    if "val" in key
+                    else f"{key} to a non-empty split."
+                )
+            )

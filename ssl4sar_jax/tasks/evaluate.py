@@ -13,7 +13,6 @@ checkpoint step directory, or an ``.npz`` written by ``ssl4sar_jax.models.conver
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -24,15 +23,50 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from ssl4sar_jax import checkpointing, steps
+from ssl4sar_jax import checkpointing, io_utils, steps
 from ssl4sar_jax import sharding as sharding_lib
 from ssl4sar_jax.models import build_model
 from ssl4sar_jax.tasks.base import model_config_from
 from ssl4sar_jax.tasks.finetune import prepare_sources
 
 
+def check_segmenter_checkpoint(path: str, which: str) -> None:
+    """Refuse a checkpoint that is not a zone segmenter (e.g. a pretraining run's).
+
+    A pretraining model holds the segmenter under ``backbone/``, so its weights *load* into a
+    segmenter, but its decoder head was never trained for zones: scoring it would write
+    meaningless metrics. Workdir checkpoints say their task in their metadata; ``.npz`` files
+    of a pretraining model are recognised by their ``backbone/`` parameters.
+
+    Raises:
+        ValueError: naming the checkpoint, its task and objective.
+    """
+    path = os.path.expanduser(path)
+    if path.endswith(".npz"):
+        from ssl4sar_jax.models import convert_torch
+
+        flat, _ = convert_torch.read_params_npz(path)
+        if any(k.startswith("backbone/") for k in flat):
+            raise ValueError(
+                f"{path} holds the parameters of a pretraining model (backbone/...), not of a "
+                "fine-tuned segmenter; fine-tune it first (--config.init.mode=workdir)."
+            )
+        return
+    step_dir = checkpointing.resolve_step_dir(path, which)
+    meta = checkpointing.read_step_meta(step_dir)
+    objective = meta.get("objective")
+    if objective is not None and objective != "segment":
+        raise ValueError(
+            f"{step_dir} is a checkpoint of task {meta.get('task')!r} (objective "
+            f"{objective!r}), not a fine-tuned zone segmenter: its head never learned the "
+            "zones. Evaluate a fine-tuning workdir, or fine-tune from this one first with "
+            f"--config.init.mode=workdir --config.init.path={path}."
+        )
+
+
 def load_member(path: str, template: dict[str, Any], which: str) -> dict[str, Any]:
     """Parameters of one ensemble member as a pure dict shaped like ``template``."""
+    check_segmenter_checkpoint(path, which)  # also guards other callers (predict)
     path = os.path.expanduser(path)
     if path.endswith(".npz"):
         from ssl4sar_jax.models import convert_torch
@@ -56,6 +90,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     os.makedirs(workdir, exist_ok=True)
     model_config = model_config_from(config)
     context = model_config.img_size  # the network input is the context tile
+    for path in config.checkpoints:
+        check_segmenter_checkpoint(path, config.which)  # before any data or model work
     sources = prepare_sources(config, "caffe")
     if config.split not in sources:
         raise ValueError(f"config.split {config.split!r} not in the dataset: {sorted(sources)}")
@@ -114,10 +150,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
         "num_images": count,
         "seconds": time.perf_counter() - t0,
     }
-    tmp = os.path.join(workdir, "evaluate_info.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, "evaluate_info.json"))
+    io_utils.write_json_atomic(os.path.join(workdir, "evaluate_info.json"), info)
     logging.info(
         "%s: MDE %.1f m, IoU %.3f over %d images (%.1f s)",
         config.split,

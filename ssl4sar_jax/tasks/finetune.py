@@ -1,4 +1,5 @@
-"""CaFFe zone-segmentation fine-tuning (TYRION ``TyrionWrapper``, `model_and_training.md` §3).
+"""CaFFe zone-segmentation fine-tuning (Nora-Go/TYRION
+``model/modules/TyrionWrapper.py``).
 
 Loss: ``0.5·CE(centre) + 0.5·CE(context) + 0.5·Dice(centre) + 0.5·Dice(context)`` on the context
 logits and their central crop. Validation: the validation images are tiled (non-overlapping,
@@ -24,16 +25,18 @@ from ssl4sar_jax.tasks import base
 UNDEFINED_MDE = metrics_lib.MDE_UNDEFINED
 
 
-def prepare_sources(config, dataset_name: str | None = None) -> dict[str, Any]:
+def prepare_sources(config, dataset_name: str | None = None, splits=None) -> dict[str, Any]:
     """``{split: source}`` of ``config.data`` (see ``ssl4sar_jax.data.open_sources``).
 
-    ``dataset_name`` is the task's dataset when the config names none (``config.data.name``).
+    ``dataset_name`` is the task's dataset when the config names none (``config.data.name``);
+    ``splits`` are split names or TFDS split expressions to open (e.g. ``"train[:10]"`` for the
+    first 10 training images; None opens every split).
     """
     from ssl4sar_jax import data
 
     data_cfg = config.data.to_dict()
     data_cfg.setdefault("name", dataset_name)
-    return data.open_sources(data_cfg)
+    return data.open_sources(data_cfg, splits=splits)
 
 
 class FinetuneTask(base.Task):
@@ -80,7 +83,8 @@ class FinetuneTask(base.Task):
         }
 
     def prepare_data(self):
-        return prepare_sources(self.config, "caffe")
+        data = self.config.data
+        return prepare_sources(self.config, "caffe", splits=(data.train_split, data.val_split))
 
     def train_iterator(self, sources, seed) -> Iterator[dict]:
         from ssl4sar_jax import data

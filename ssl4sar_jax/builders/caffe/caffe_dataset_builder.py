@@ -42,6 +42,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
+from ssl4sar_jax import io_utils
 from ssl4sar_jax.data import caffe_files
 from ssl4sar_jax.data.synthetic_specs import SyntheticCaffeSpec
 
@@ -236,19 +237,15 @@ class FormatConvertingBuilder(tfds.core.GeneratorBasedBuilder):
         source = self.info.file_format
         writer = tfds.core.file_adapters.ADAPTER_FOR_FORMAT[target]
         for src, dest in zip(self._shards(source), self._shards(target), strict=True):
-            tmp = f"{dest}.tmp-{os.getpid()}"
-            writer.write_examples(tmp, ((None, raw) for raw in _raw_records(src, source)))
-            os.replace(tmp, dest)
+            with io_utils.atomic_path(dest) as tmp:
+                writer.write_examples(tmp, ((None, raw) for raw in _raw_records(src, source)))
         info_path = os.path.join(os.fspath(self.data_dir), "dataset_info.json")
         with open(info_path) as f:
             info = json.load(f)
         formats = info.setdefault("alternativeFileFormats", [])
         if target.value not in formats and target.value != info.get("fileFormat"):
             formats.append(target.value)
-        tmp = f"{info_path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(info, f, indent=4)
-        os.replace(tmp, info_path)
+        io_utils.write_json_atomic(info_path, info, indent=4)
 
     def as_dataset(self, split=None, **kwargs):
         if self.is_prepared() and self.info.file_format != tfds.core.FileFormat.TFRECORD:

@@ -1,4 +1,6 @@
-"""Shared helpers of the training tests: micro configs, synthetic data dir, compilation cache.
+"""Shared helpers of the training tests: micro configs and config loading.
+
+The session fixtures they go with (``data_dir``, ``compilation_cache``) live in ``conftest.py``.
 
 Every training test uses a micro model (32² input, 2 Swin stages of one block, plain XLA
 convolutions) so a run compiles in seconds; compiled programs are shared between the tests
@@ -10,10 +12,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 
-import jax
 import ml_collections
-import pytest
 
 from ssl4sar_jax.models import ModelConfig
 
@@ -63,29 +65,16 @@ def model_dict(**overrides) -> dict:
     return ModelConfig.named("tiny", **{**MICRO_MODEL, **overrides}).to_dict()
 
 
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory) -> str:
-    """Session TFDS dir; the synthetic datasets are built on first use by the tasks."""
-    return str(tmp_path_factory.getbasetemp() / "tfds")
-
-
-@pytest.fixture(scope="session", autouse=False)
-def compilation_cache(tmp_path_factory):
-    """Persistent compilation cache for the session (identical programs compile once)."""
-    from jax._src import compilation_cache as cc
-
-    cache_dir = str(tmp_path_factory.getbasetemp() / "jax_cache")
-    previous = (
-        jax.config.jax_compilation_cache_dir,
-        jax.config.jax_persistent_cache_min_compile_time_secs,
-        jax.config.jax_persistent_cache_min_entry_size_bytes,
+def run_main(args, env_extra=None, timeout=600) -> subprocess.CompletedProcess:
+    """``python -m ssl4sar_jax.main *args`` in a subprocess from the repository root."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "ssl4sar_jax.main", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    cc.reset_cache()
-    yield cache_dir
-    jax.config.update("jax_compilation_cache_dir", previous[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", previous[2])
-    cc.reset_cache()

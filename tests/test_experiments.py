@@ -1,0 +1,34 @@
+"""The experiment scripts run end to end on toy sizes (``--quick``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments import pretraining_benefit  # noqa: E402
+
+
+def test_pretraining_benefit_quick(tmp_path, data_dir, compilation_cache):  # noqa: F811
+    out = tmp_path / "ptb"
+    args = ["--workdir", str(out), "--quick", "--seeds", "0", "1", "--labelled", "3"]
+    results = pretraining_benefit.main([*args, "--data-dir", data_dir, "--cpu-devices", "0"])
+    runs = results["finetune"]
+    assert sorted((r["arm"], r["seed"]) for r in runs) == [
+        (arm, s) for arm in sorted(pretraining_benefit.ARMS) for s in (0, 1)
+    ]
+    for r in runs:
+        assert r["step"] == 2 and "val/zones/iou_mean" in r
+    # The pretrained arms really started from the pretraining runs.
+    info = json.loads((out / "finetune_opt_translator_n3_seed0" / "run_info.json").read_text())
+    assert "pretrain_opt_translator" in json.dumps(info)
+    table = (out / "results.md").read_text()
+    for arm in pretraining_benefit.ARMS:
+        assert f"| {arm} | 3 |" in table
+    assert "Mann–Whitney" in table
+    assert (out / "results.png").stat().st_size > 5_000
+    # A second start reuses every finished run.
+    again = pretraining_benefit.main([*args, "--data-dir", data_dir, "--cpu-devices", "0"])
+    assert again["wall_time_s"] < results["wall_time_s"]
