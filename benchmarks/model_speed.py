@@ -20,6 +20,19 @@ inside one convolution, so 2 devices are faster than one.
 Example (the numbers in docs/model.md)::
 
     python benchmarks/model_speed.py --batch 2 --iters 3 --devices 2
+
+``--compare-torch`` (needs the ``torch`` extra and ``transformers``) instead times our model
+against its PyTorch twin (`ssl4sar_jax.models.torch_reference`: Hugging Face ``Swinv2Model``
+encoder + a torch decoder, holding the same weights, exported by `export_torch_state`) at the
+same batch, resolution and thread count: forward (eval, no grad) and an SGD train step (same
+loss, momentum and weight decay; parameters updated in place / donated), for each of
+``--dtypes`` (bfloat16: our ``ModelConfig.dtype="bfloat16"``, float32 parameters; torch
+``autocast("cpu", bfloat16)``). The timings are interleaved JAX / torch / JAX / torch for
+``--rounds`` rounds, so load from other processes hits both sides alike; the report gives the
+median, the min-max spread, the ratio of medians and the spread of the per-round ratios,
+together with the CPU model and ISA flags (AVX-512, AMX, ...)::
+
+    python benchmarks/model_speed.py --compare-torch --batch 2 --devices 2 --rounds 5
 """
 
 from __future__ import annotations
@@ -46,7 +59,231 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--matmul-size", type=int, default=4096)
     p.add_argument("--skip", nargs="*", default=[], choices=("conv", "forward", "train"))
     p.add_argument("--json", help="also write the results as JSON to this path")
+    p.add_argument(
+        "--compare-torch", action="store_true", help="time against the PyTorch twin (see above)"
+    )
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (--compare-torch)")
+    p.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=["float32", "bfloat16"],
+        choices=("float32", "bfloat16"),
+        help="compute dtypes compared (--compare-torch)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads (0 = all CPU cores)"
+    )
+    p.add_argument(
+        "--measure",
+        nargs="+",
+        default=["forward", "train"],
+        choices=("forward", "train"),
+        help="what --compare-torch times",
+    )
     return p.parse_args(argv)
+
+
+_ISA_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+
+
+def cpu_description() -> dict[str, object]:
+    """CPU model name, core count and the ISA flags that matter for matmul speed."""
+    model, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model == "unknown":
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {
+        "model_name": model,
+        "cores": os.cpu_count(),
+        "isa_flags": [f for f in _ISA_FLAGS if f in flags],
+    }
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
+
+
+def compare_torch(args: argparse.Namespace) -> dict[str, object]:
+    """Interleaved JAX vs PyTorch timings; returns the results dict and prints a table."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    import torch
+    from flax import nnx
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from ssl4sar_jax.models import ModelConfig, SSL4SARSegmenter
+    from ssl4sar_jax.models.torch_reference import torch_segmenter_from_jax
+
+    threads = args.threads or os.cpu_count()
+    torch.set_num_threads(threads)
+    cpu = cpu_description()
+    devices = jax.devices()[: args.devices]
+    mesh = jax.make_mesh((args.devices,), ("data",), devices=devices)
+    replicated = NamedSharding(mesh, P())
+    batch_sharded = NamedSharding(mesh, P("data"))
+    print(
+        f"CPU: {cpu['model_name']}, {cpu['cores']} cores, flags {' '.join(cpu['isa_flags'])}\n"
+        f"jax {jax.__version__} ({len(devices)} device(s)), torch {torch.__version__} "
+        f"({threads} threads), batch {args.batch}, {args.rounds} interleaved rounds",
+        flush=True,
+    )
+    results: dict[str, object] = {
+        "cpu": cpu,
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "batch": args.batch,
+        "devices": args.devices,
+        "torch_threads": threads,
+        "rounds": args.rounds,
+        "variant": args.variant,
+        "conv_impl": args.conv_impl,
+    }
+    rows = []
+
+    def run_dtype(dtype: str) -> int:
+        """Times forward / train of one compute dtype; appends to rows and results."""
+        config = ModelConfig.named(args.variant, dtype=dtype, conv_impl=args.conv_impl)
+        # One jitted init (one compilation) instead of one per parameter shape eagerly.
+        model = nnx.jit(lambda: SSL4SARSegmenter(config, rngs=nnx.Rngs(0)))()
+        twin = torch_segmenter_from_jax(model)
+        graphdef, params = nnx.split(model)
+        params = jax.device_put(params, replicated)
+        size = config.img_size
+        rng = np.random.default_rng(0)
+        sar_np = rng.uniform(size=(args.batch, size, size, 1)).astype(np.float32)
+        labels_np = rng.integers(0, config.num_classes, (args.batch, size, size)).astype(np.int64)
+        sar = jax.device_put(jnp.asarray(sar_np), batch_sharded)
+        labels = jax.device_put(jnp.asarray(labels_np, jnp.int32), batch_sharded)
+        sar_t = torch.from_numpy(sar_np).permute(0, 3, 1, 2).contiguous()
+        labels_t = torch.from_numpy(labels_np)
+        autocast = dict(device_type="cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+        # ---------------------------------------------------------------- JAX side
+        timers: dict[str, tuple] = {}
+        if "forward" in args.measure:
+            forward = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x)["logits"])
+            t0 = time.perf_counter()
+            fwd_c = forward.lower(params, sar).compile()
+            print(f"[{dtype}] JAX forward compiled in {time.perf_counter() - t0:.1f} s", flush=True)
+
+            def jax_fwd():
+                jax.block_until_ready(fwd_c(params, sar))
+
+            def torch_fwd():
+                twin.eval()
+                with torch.no_grad(), torch.autocast(**autocast):
+                    twin(sar_t)
+
+            timers["forward"] = (jax_fwd, torch_fwd)
+        if "train" in args.measure:
+            tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))
+            state = {"params": params, "opt": jax.device_put(tx.init(params), replicated)}
+
+            def loss_fn(p, x, y, key):
+                logits = nnx.merge(graphdef, p)(x, rngs=nnx.Rngs(dropout=key))["logits"]
+                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+            def step(p, opt, x, y, key):
+                loss, grads = jax.value_and_grad(loss_fn)(p, x, y, key)
+                updates, opt = tx.update(grads, opt, p)
+                return optax.apply_updates(p, updates), opt, loss
+
+            key = jax.random.key(0)
+            t0 = time.perf_counter()
+            step_c = (
+                jax.jit(step, donate_argnums=(0, 1))
+                .lower(state["params"], state["opt"], sar, labels, key)
+                .compile()
+            )
+            print(
+                f"[{dtype}] JAX train step compiled in {time.perf_counter() - t0:.1f} s", flush=True
+            )
+            optimizer = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+
+            def jax_train():
+                p, o, loss = step_c(state["params"], state["opt"], sar, labels, key)
+                state["params"], state["opt"] = p, o
+                if not np.isfinite(float(loss)):
+                    raise FloatingPointError(f"JAX train step loss is {float(loss)}")
+
+            def torch_train():
+                twin.train()
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(**autocast):
+                    logits = twin(sar_t)
+                loss = torch.nn.functional.cross_entropy(logits.float(), labels_t)
+                loss.backward()
+                optimizer.step()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"torch train step loss is {float(loss)}")
+
+            timers["train"] = (jax_train, torch_train)
+
+        for name, (jax_fn, torch_fn) in timers.items():
+            jax_fn(), torch_fn()  # warm-up (first-call allocations, oneDNN primitive caches)
+            jax_s, torch_s = [], []
+            for r in range(args.rounds):
+                for fn, out in ((jax_fn, jax_s), (torch_fn, torch_s)):
+                    t0 = time.perf_counter()
+                    fn()
+                    out.append(time.perf_counter() - t0)
+                print(
+                    f"[{dtype} {name}] round {r + 1}/{args.rounds}: JAX {jax_s[-1]:.2f} s, "
+                    f"torch {torch_s[-1]:.2f} s",
+                    flush=True,
+                )
+            ratios = [t / j for j, t in zip(jax_s, torch_s, strict=True)]
+            ratio = statistics.median(torch_s) / statistics.median(jax_s)
+            rows.append((dtype, name, jax_s, torch_s, ratios, ratio))
+            results[f"{dtype}/{name}"] = {
+                "jax_s": jax_s,
+                "torch_s": torch_s,
+                "jax_images_per_s": args.batch / statistics.median(jax_s),
+                "torch_images_per_s": args.batch / statistics.median(torch_s),
+                "speedup_median": ratio,
+                "speedup_per_round": ratios,
+            }
+        return config.img_size
+
+    for dtype in args.dtypes:
+        size = run_dtype(dtype)  # frees that dtype's models before the next
+    table = [
+        f"CPU {cpu['model_name']} ({cpu['cores']} cores; {' '.join(cpu['isa_flags'])}), "
+        f"batch {args.batch} x {size}^2, JAX {args.devices} device(s), torch {threads} threads",
+        "",
+        "| dtype | measurement | JAX s/step median [min-max] | torch s/step median [min-max] | "
+        "JAX img/s | torch img/s | speed-up (torch/JAX time) | per-round speed-ups [min-max] |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for dtype, name, jax_s, torch_s, ratios, ratio in rows:
+        table.append(
+            f"| {dtype} | {name} | {_spread(jax_s)} | {_spread(torch_s)} | "
+            f"{args.batch / statistics.median(jax_s):.3f} | "
+            f"{args.batch / statistics.median(torch_s):.3f} | **{ratio:.2f}x** | "
+            f"{min(ratios):.2f}-{max(ratios):.2f} |"
+        )
+    print("\n" + "\n".join(table), flush=True)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,8 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from ssl4sar_jax import io_utils
     from ssl4sar_jax.models import ModelConfig, SSL4SARSegmenter
+
+    if args.compare_torch:
+        _write_json(args.json, compare_torch(args))
+        return 0
 
     temp_gb_by_label: dict[str, float] = {}
 
@@ -242,9 +482,15 @@ def main(argv: list[str] | None = None) -> int:
         ]
         table += [f"| {name} | {sec:.3f} | {gf:.1f} |" for name, sec, gf in conv_rows]
     print("\n" + "\n".join(table))
-    if args.json:
-        io_utils.write_json_atomic(args.json, results, indent=1)
+    _write_json(args.json, results)
     return 0
+
+
+def _write_json(path: str | None, results: dict[str, object]) -> None:
+    from ssl4sar_jax import io_utils
+
+    if path:
+        io_utils.write_json_atomic(path, results, indent=1)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ def base(task: str, name: str, objective: str) -> ml_collections.ConfigDict:
     # (set by main before JAX starts; data parallelism over CPU cores is ~2x on 2 cores).
     c.num_devices = 0
     c.num_cpu_devices = 0
+    # Persistent XLA compilation cache: "auto" (user cache dir), "none", or a directory.
+    c.compilation_cache_dir = "auto"
     c.mesh = [("data", -1)]
     c.sharding_rules = []  # e.g. [(".*kernel", (None, None, None, "data"))]
     # Parameters + optimiser state: "replicated" | "fsdp" (split over "data") | "fsdp_tensor"

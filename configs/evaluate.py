@@ -28,6 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.name = f"evaluate_{variant}"
     c.task = "evaluate"
     c.num_cpu_devices = 0
+    # Persistent XLA compilation cache: "auto" (user cache dir), "none", or a directory.
+    c.compilation_cache_dir = "auto"
     c.mesh = [("data", -1)]
     c.model = common.model("paper")  # img_size = the context tile side
     c.checkpoints = ()  # run workdirs, checkpoint step dirs or .npz files (ensemble members)

@@ -32,6 +32,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ssl4sar_jax import io_utils  # noqa: E402  (after the path set-up)
+
 ARMS = ("scratch", "opt_simmim", "opt_translator")
 METRICS = (
     ("val/front/mde_m", "MDE (m)"),
@@ -52,14 +54,9 @@ def load_config(name: str, variant: str):
 
 def apply(config, overrides: dict[str, Any]):
     """Sets dotted keys (``"optim.learning_rate"``); unknown keys fail like the command line."""
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        if leaf not in node:
-            raise KeyError(f"config has no field {key!r}")
-        node[leaf] = value
+    from ssl4sar_jax import config_lib
+
+    config_lib.apply_overrides(config, overrides)
     return config
 
 
@@ -75,9 +72,7 @@ def _run(config, workdir: Path) -> dict:
     final = {"step": summary["final_step"], "wall_time_s": time.perf_counter() - t0}
     if summary["val_history"]:
         final.update({k: v for k, v in summary["val_history"][-1].items() if k != "step"})
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(final, indent=2, default=float))
-    os.replace(tmp, done)
+    io_utils.write_json_atomic(done, final, default=float)
     return final
 
 
@@ -261,10 +256,7 @@ def plot(results: dict, labelled, path: Path) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle("Fine-tuning from scratch vs from OptSimMIM / OptTranslator (synthetic)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    io_utils.save_figure(fig, path, dpi=90)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -303,9 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
         ("results.json", json.dumps(results, indent=2, default=float)),
         ("results.md", table + "\n"),
     ):
-        tmp = root / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, root / name)
+        io_utils.write_text_atomic(root / name, text)
     plot(results, args.labelled, root / "results.png")
     print(f"[pretraining_benefit] done in {results['wall_time_s'] / 60:.1f} min; {root}")
     return results

@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from experiments.pretraining_benefit import apply, load_config  # noqa: E402
+from ssl4sar_jax import io_utils  # noqa: E402  (after the path set-up)
 
 
 def read_records(data_raw: Path, split: str, pixel_spacing: float) -> list[dict]:
@@ -191,9 +192,7 @@ def run(args) -> dict:
     else:
         summary = train_lib.train_and_evaluate(config, str(workdir))
         summary = {k: summary[k] for k in ("final_step", "wall_time_s", "val_history")}
-        tmp = workdir / ".train_summary.json.tmp"
-        tmp.write_text(json.dumps(summary, default=float))
-        os.replace(tmp, done)
+        io_utils.write_text_atomic(done, json.dumps(summary, default=float))
     # The run's validation split is the test folder (held-out glacier): its validations give
     # the test curve; the table reports the last step (no model selection on the test set).
     last = summary["val_history"][-1]
@@ -221,9 +220,7 @@ def run(args) -> dict:
     print(md)
     for name, text in (("real_sar.json", json.dumps(report, indent=2, default=float)),
                        ("real_sar.md", md + "\n")):  # fmt: skip
-        tmp = workdir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, workdir / name)
+        io_utils.write_text_atomic(workdir / name, text)
     return report
 
 

@@ -15,7 +15,6 @@ classifier. The figure shows real and synthetic images side by side with per-cla
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ssl4sar_jax import io_utils  # noqa: E402
 from ssl4sar_jax.data import scene_stats, synthetic  # noqa: E402
 
 
@@ -117,10 +117,7 @@ def _figure(path: Path, real_scenes, syn_scenes, real: dict, syn: dict, num: int
     fig.suptitle("Real CaFFe (256² copy) vs synthetic CaFFe (ssl4sar_jax.data.synthetic)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=75)
-    plt.close(fig)
-    os.replace(tmp, path)
+    io_utils.save_figure(fig, path, dpi=75)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -157,9 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out_md:
         out = Path(args.out_md)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_md = out.with_name(f".{out.name}.tmp")
-        tmp_md.write_text(table + "\n")
-        os.replace(tmp_md, out)
+        io_utils.write_text_atomic(out, table + "\n")
     if args.out_fig:
         _figure(Path(args.out_fig), real_scenes, syn_scenes, real, syn)
         print("wrote", args.out_fig)

@@ -47,6 +47,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from ssl4sar_jax import io_utils
 from ssl4sar_jax.param_utils import LoadReport, flatten_params, path_to_str
 
 CHECKPOINT_DIR = "checkpoints"
@@ -179,7 +180,9 @@ def _files_under(directory: str) -> list[str]:
     for root, _, files in os.walk(directory):
         for name in files:
             rel = os.path.relpath(os.path.join(root, name), directory)
-            if rel != MANIFEST_FILE and not rel.endswith(".tmp"):
+            # Leftover temporaries (".tmp" suffix, io_utils' ".tmp_" prefix) are not content.
+            temporary = rel.endswith(".tmp") or os.path.basename(rel).startswith(".tmp_")
+            if rel != MANIFEST_FILE and not temporary:
                 out.append(rel)
     return sorted(out)
 
@@ -202,12 +205,8 @@ def write_manifest(step_dir: str, step: int | None = None) -> str:
     }
     payload = {"format": MANIFEST_FORMAT, "step": step, "files": files, "written": time.time()}
     path = os.path.join(step_dir, MANIFEST_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with io_utils.atomic_open(path, "w", durable=True) as f:
         json.dump(payload, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 
@@ -455,32 +454,59 @@ class _OrbaxErrorStash:
         return True
 
 
-class _AfterFailureNoise:
-    """Drop the echoes of a failed TensorStore write, once the failure has been reported.
+class _TensorStoreEchoes:
+    """Drop the echoes of a failed TensorStore write; the failure itself is reported once.
 
     When one write of a save fails (e.g. ENOSPC), orbax's event loop ends while TensorStore
     still completes the other writes of that save; each completion then prints
-    ``RuntimeError: Event loop is closed`` (through ``sys.excepthook``), and the abandoned
-    write coroutines print "Exception ignored" at exit (``sys.unraisablehook``): hundreds of
-    lines that would bury the one error that matters. Installed only after a failed save;
-    anything else still goes to the previous hooks.
+    ``RuntimeError: Event loop is closed`` through ``sys.excepthook`` (possibly before the
+    failure reaches our thread), and the abandoned write coroutines print "Exception ignored"
+    at exit through ``sys.unraisablehook``: hundreds of lines that would bury the one error
+    that matters; asyncio also logs each failed write task ("Task exception was never
+    retrieved"). The excepthook filter (that exact RuntimeError only) and the asyncio filter
+    (orbax tasks only) are installed with the first save; the unraisable filter only after a save failed. Everything else still goes to
+    the previous hooks.
     """
 
-    installed = False
     dropped = 0
+    _except_installed = False
+    _unraisable_installed = False
 
     @classmethod
-    def install(cls) -> None:
-        if cls.installed:
+    def install_excepthook(cls) -> None:
+        if cls._except_installed:
             return
-        cls.installed = True
-        previous_except, previous_unraisable = sys.excepthook, sys.unraisablehook
+        cls._except_installed = True
+        previous = sys.excepthook
 
         def excepthook(kind, value, tb):
-            if kind is RuntimeError and "Event loop is closed" in str(value):
+            if kind is RuntimeError and str(value) == "Event loop is closed":
                 cls.dropped += 1
                 return
-            previous_except(kind, value, tb)
+            previous(kind, value, tb)
+
+        sys.excepthook = excepthook
+
+        class _FailedOrbaxTasks:
+            """asyncio's "Task exception was never retrieved" for orbax's write tasks."""
+
+            def filter(self, record) -> bool:
+                message = record.getMessage()
+                if "never retrieved" in message and "orbax" in message:
+                    cls.dropped += 1
+                    return False
+                return True
+
+        import logging as std_logging
+
+        std_logging.getLogger("asyncio").addFilter(_FailedOrbaxTasks())
+
+    @classmethod
+    def install_unraisablehook(cls) -> None:
+        if cls._unraisable_installed:
+            return
+        cls._unraisable_installed = True
+        previous = sys.unraisablehook
 
         def unraisablehook(unraisable):
             if "serializ" in repr(getattr(unraisable, "object", "")) or isinstance(
@@ -488,9 +514,9 @@ class _AfterFailureNoise:
             ):
                 cls.dropped += 1
                 return
-            previous_unraisable(unraisable)
+            previous(unraisable)
 
-        sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+        sys.unraisablehook = unraisablehook
 
 
 def _error_text(err: BaseException, limit: int = 800) -> str:
@@ -597,6 +623,7 @@ class RunCheckpointer:
         import logging as std_logging
 
         logger = std_logging.getLogger("absl")
+        _TensorStoreEchoes.install_excepthook()
         self._stash.active, self._stash.held = True, []
         logger.addFilter(self._stash)
         try:
@@ -619,7 +646,7 @@ class RunCheckpointer:
             )
             self._error.__cause__ = err
             self._stash.held = []
-            _AfterFailureNoise.install()
+            _TensorStoreEchoes.install_unraisablehook()
         finally:
             self._stash.active = False
             logger.removeFilter(self._stash)

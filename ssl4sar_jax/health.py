@@ -9,8 +9,10 @@ resumed run judges alike), and stops after ``max_refused_saves`` consecutive ref
 run that diverges without reaching NaN.
 
 The loss of step ``t`` is computed with the parameters of step ``t - 1``: a checkpoint of step
-``t`` is confirmed only by the loss of step ``t + 1``. When that loss is unhealthy the loop
-retracts the checkpoint (`ssl4sar_jax.train_lib.HealthySave.retract`).
+``t`` is confirmed only by the loss of step ``t + 1``. When that loss is unhealthy *and* the
+parameters of step ``t`` had jumped (``l2_params`` non-finite or over ``factor`` x its recent
+median) the loop retracts the checkpoint (`ssl4sar_jax.train_lib.HealthySave.retract`); a NaN
+caused by one bad input batch after normal parameters keeps the checkpoint.
 
 Why not also bound ``l2_params`` by a multiple of its median: the OptSimMIM smoke run (micro
 model, ``configs/pretrain.py:smoke``) grows its parameter norm from 33 to 5.2e6 in two steps

@@ -48,18 +48,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[Any]:
+def atomic_open(
+    path: str | os.PathLike, mode: str = "w", *, durable: bool = False, **kwargs: Any
+) -> Iterator[Any]:
     """``open(path, mode)`` that only replaces ``path`` once the ``with`` block succeeds.
 
     Args:
         path: Final file path.
         mode: A write mode (``"w"``, ``"wb"``, ...).
+        durable: ``fsync`` the content before the rename (files whose loss after a power
+            failure matters, e.g. checkpoint manifests).
         **kwargs: Passed to ``open`` (``encoding``, ``newline``, ...).
     """
     if not any(c in mode for c in "wx"):
         raise ValueError(f"atomic_open needs a write mode ('w' or 'wb'), got {mode!r}")
-    with atomic_path(path) as tmp, open(tmp, mode.replace("x", "w"), **kwargs) as f:
-        yield f
+    with atomic_path(path) as tmp:
+        with open(tmp, mode.replace("x", "w"), **kwargs) as f:
+            yield f
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

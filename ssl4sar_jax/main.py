@@ -27,7 +27,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ssl4sar_jax import config_lib
+from ssl4sar_jax import config_lib, io_utils
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py[:variant]).", lock_config=True
@@ -68,13 +68,17 @@ def main(argv: list[str]) -> int:
         _PROCESS_ID.value,
         enable={"auto": None, "on": True, "off": False}[_DISTRIBUTED.value],
     )
+    from ssl4sar_jax.compilation_cache import enable_compilation_cache
+
+    cache_dir = enable_compilation_cache(config.get("compilation_cache_dir", "auto"))
 
     logging.info(
-        "JAX %s, process %d/%d, devices: %s",
+        "JAX %s, process %d/%d, devices: %s, compilation cache: %s",
         jax.__version__,
         jax.process_index(),
         jax.process_count(),
         jax.devices(),
+        cache_dir or "off",
     )
     from ssl4sar_jax import tasks
     from ssl4sar_jax import workdir as workdir_lib
@@ -142,7 +146,6 @@ def _log_summary(summary: dict) -> None:
 
 def _write_final_metrics(workdir: str, summary: dict) -> None:
     """Prints the last validation and writes it to ``<workdir>/final_metrics.json`` (atomically)."""
-    import json
 
     last = summary["val_history"][-1]
     final = {
@@ -164,10 +167,7 @@ def _write_final_metrics(workdir: str, summary: dict) -> None:
     logging.info("Final validation (step %d): %s", last["step"], shown)
     print(f"Final validation (step {last['step']}): {shown}", flush=True)
     path = os.path.join(workdir, "final_metrics.json")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(final, f, indent=2, default=float)
-    os.replace(tmp, path)
+    io_utils.write_json_atomic(path, final, default=float)
 
 
 def run() -> None:

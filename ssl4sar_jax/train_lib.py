@@ -501,6 +501,20 @@ class LossGuard:
     def __init__(self, monitor: health.Health, save: HealthySave):
         self.monitor, self.save = monitor, save
         self._pending: list[tuple[int, dict[str, jax.Array]]] = []
+        # Did the parameters of the previous step jump (non-finite, or l2 norm over `factor` x
+        # its recent median)? Only such a checkpoint is withdrawn after a bad next loss: a NaN
+        # from one bad input batch must not cost the run its (healthy) last checkpoint.
+        self._previous_jumped = False
+
+    def _jumped(self, value: Mapping[str, float]) -> bool:
+        norm, median = value.get("l2_params"), self.monitor.medians().get("l2_params")
+        if norm is None:
+            return True  # no norm to judge by: be conservative
+        if not math.isfinite(norm):
+            return True
+        return (
+            self.monitor.factor > 0 and median is not None and norm > self.monitor.factor * median
+        )
 
     def add(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
         self._pending.append((step, {k: metrics[k] for k in health.Health.KEYS if k in metrics}))
@@ -509,10 +523,13 @@ class LossGuard:
         values = jax.device_get([v for _, v in self._pending])
         for (step, _), value in zip(self._pending, values, strict=True):
             value = {k: float(x) for k, x in value.items()}
+            jumped = self._jumped(value)
             reason = self.monitor.record(value)
-            if reason is not None and loop.last_saved == step - 1:
-                # The loss of this step was computed with the parameters saved one step ago.
+            if reason is not None and loop.last_saved == step - 1 and self._previous_jumped:
+                # The loss of this step was computed with the parameters saved one step ago,
+                # and those parameters had jumped: that checkpoint is not a good one.
                 self.save.retract(loop, step - 1, f"the next step's {reason}")
+            self._previous_jumped = jumped
             metrics_lib.check_finite(value, step, loop.last_saved, self.save.advice(loop))
         self._pending.clear()
 

@@ -32,6 +32,8 @@ from typing import Any
 
 from absl import logging
 
+from ssl4sar_jax import io_utils
+
 LOCK_FILE = "workdir.lock"
 CONFIG_FILE = "config.json"
 CONFIG_HISTORY_FILE = "config_history.jsonl"
@@ -387,10 +389,7 @@ def record_config(
     if jax.process_index() != 0:
         return
     path = os.path.join(workdir, CONFIG_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    io_utils.write_json_atomic(path, config, sort_keys=True, default=str)
     row = {
         "event": event,
         "step": int(step),

@@ -151,3 +151,82 @@ def test_all_ocean_is_left_unchanged_and_has_no_front():
     front, cleaned = postprocess_zones(zones, 20, return_cleaned_zones=True)
     np.testing.assert_array_equal(cleaned, zones)
     assert not front.any()
+
+
+# ------------------------------------------------------------ fast paths vs plain formulation
+# The plain full-image formulations of steps 1-4 (labels over the whole image, a dilation for
+# the front), against which the optimised implementations must agree pixel for pixel.
+_EIGHT = np.ones((3, 3), bool)
+
+
+def _plain_largest_others(mask):
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask, structure=_EIGHT)
+    if count == 0:
+        return np.zeros(mask.shape, bool)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    largest = int(np.argmax(sizes))
+    return (labels != 0) & (labels != largest)
+
+
+def _plain_postprocess(zones, resolution_m, rule):
+    from scipy import ndimage
+
+    out = zones.copy()
+    out[_plain_largest_others(zones != OCEAN)] = OCEAN
+    out[_plain_largest_others(out == OCEAN)] = GLACIER
+    glacier = out == GLACIER
+    near = ndimage.binary_dilation(glacier, ndimage.generate_binary_structure(2, 1))
+    front = (out == OCEAN) & near
+    labels, count = ndimage.label(front, structure=_EIGHT)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    threshold = 750.0 / resolution_m
+    keep = sizes >= threshold if rule == "tyrion" else sizes > threshold
+    keep[0] = False
+    return keep[labels], out
+
+
+def _constructed_cases():
+    rng = np.random.default_rng(0)
+    cases = []
+    for height, width in ((1, 1), (1, 9), (9, 1), (2, 2), (17, 23), (64, 48)):
+        cases.append(rng.integers(0, 4, (height, width)).astype(np.uint8))  # noise
+    # Blocky maps: a front along the image border, a thin front touching the corners,
+    # icebergs and lakes, one-class maps.
+    for seed in range(12):
+        r = np.random.default_rng(seed)
+        zones = np.full((40, 57), GLACIER, np.uint8)
+        zones[:, r.integers(0, 57) :] = OCEAN
+        for _ in range(r.integers(0, 25)):
+            y, x, s = r.integers(0, 40), r.integers(0, 57), r.integers(1, 6)
+            zones[y : y + s, x : x + s] = r.integers(0, 4)
+        cases.append(zones)
+    cases += [np.full((8, 8), c, np.uint8) for c in (NA, ROCK, GLACIER, OCEAN)]
+    diagonal = np.full((30, 30), OCEAN, np.uint8)
+    diagonal[np.triu_indices(30)] = GLACIER  # a front from corner to corner
+    cases.append(diagonal)
+    long_front = np.full((300, 40), GLACIER, np.uint8)  # fronts of 149 and 150 px (> 125)
+    long_front[:, 25:] = OCEAN
+    long_front[150, 25:] = ROCK  # splits the front in two pieces
+    cases.append(long_front)
+    return cases
+
+
+@pytest.mark.parametrize("rule", ["tyrion", "caffe"])
+@pytest.mark.parametrize("resolution_m", [6.0, 50.0, 150.0, 750.0])
+def test_optimised_steps_equal_plain_full_image_formulation(rule, resolution_m):
+    for zones in _constructed_cases():
+        expected_front, expected_zones = _plain_postprocess(zones, resolution_m, rule)
+        front, cleaned = postprocess_zones(
+            zones, resolution_m, None, length_rule=rule, return_cleaned_zones=True
+        )
+        np.testing.assert_array_equal(cleaned, expected_zones)
+        np.testing.assert_array_equal(front, expected_front)
+    # The cases are not trivial: some fronts are kept, some removed.
+    kept = [
+        postprocess_zones(z, resolution_m, None, length_rule=rule).sum()
+        for z in _constructed_cases()
+    ]
+    assert any(kept) and not all(kept)

@@ -146,6 +146,17 @@ def test_saved_predictions_path_matches():
         evaluate_zone_predictions(preds + preds[:1], records, verbose=False)
 
 
+def test_worker_processes_give_the_same_rows_in_order():
+    records = _records()
+    shifted = [_zones(150, 170, 97, wave=10), _zones(97, 130, 52), _zones(120, 88, 44, wave=4)]
+    one = evaluate_zone_predictions(shifted, records, verbose=False)
+    two = evaluate_zone_predictions(shifted, records, verbose=False, num_workers=2)
+    assert all(row["mde_m"] > 0 for row in one.per_image)  # real work, not perfect maps
+    assert one.per_image == two.per_image and one.metrics == two.metrics
+    with pytest.raises(ValueError, match="num_workers"):
+        evaluate_zone_predictions(shifted, records, verbose=False, num_workers=0)
+
+
 def test_mismatched_prediction_shape_names_image():
     records = _records()[:1]
     with pytest.raises(ValueError, match="COL_2015-12-18_TDX_7_1_094: prediction shape"):

@@ -249,14 +249,18 @@ def test_init_is_deterministic_and_seed_dependent():
 
 
 def test_init_under_jit_equals_eager_init():
-    # Initial values are drawn on the host, so a jitted (e.g. sharded) initialisation gives
-    # exactly the eager values.
+    # jax.random draws the same bits eagerly and under jit, so a jitted (e.g. sharded)
+    # initialisation gives the eager values: uniform inits exactly; normal inits to 2 ulp
+    # (fused under jit, XLA may fold the 0.02 into the sqrt(2) * erfinv(u) of the normal).
     def params():
         return nnx.state(OptSimMIMModel(MICRO, rngs=nnx.Rngs(2)), nnx.Param)
 
     eager, jitted = jax.tree.leaves(params()), jax.tree.leaves(jax.jit(params)())
     assert len(eager) == len(jitted)
-    assert all(np.array_equal(x, y) for x, y in zip(eager, jitted, strict=True))
+    for x, y in zip(eager, jitted, strict=True):
+        np.testing.assert_array_max_ulp(np.asarray(x), np.asarray(y), maxulp=2)
+    exact = [np.array_equal(x, y) for x, y in zip(eager, jitted, strict=True)]
+    assert sum(exact) > len(exact) // 2  # convs, biases, norms: bit-identical
 
 
 def test_config_validation_and_variants():

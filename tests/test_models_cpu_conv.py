@@ -11,7 +11,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ssl4sar_jax.models import ModelConfig, SSL4SARSegmenter
-from ssl4sar_jax.models.cpu_conv import conv2d, conv2d_matmul_grad, conv2d_xla
+from ssl4sar_jax.models.cpu_conv import (
+    conv2d,
+    conv2d_matmul_grad,
+    conv2d_xla,
+    conv_general_dilated_matmul_grad,
+)
+from ssl4sar_jax.models.layers import conv2d_layer
 
 
 def _inputs(batch, size, cin, cout, k, seed=0):
@@ -60,10 +66,40 @@ def test_config_flag_selects_path():
     assert tiny.replace(conv_impl="matmul_grad").use_matmul_grad_conv()
     auto = nnx.eval_shape(lambda: SSL4SARSegmenter(tiny, rngs=nnx.Rngs(0)))
     xla = nnx.eval_shape(lambda: SSL4SARSegmenter(tiny.replace(conv_impl="xla"), rngs=nnx.Rngs(0)))
-    assert auto.decoder.blocks[1].block.conv1.matmul_grad and auto.head.matmul_grad
-    assert not xla.decoder.blocks[1].block.conv1.matmul_grad
+    fast = conv_general_dilated_matmul_grad
+    assert auto.decoder.blocks[1].block.conv1.conv_general_dilated is fast
+    assert auto.head.conv_general_dilated is fast
+    assert xla.decoder.blocks[1].block.conv1.conv_general_dilated is jax.lax.conv_general_dilated
     # The strided patch embedding never uses it (it falls back to XLA anyway).
-    assert not auto.encoder.patch_embed.proj.matmul_grad
+    assert auto.encoder.patch_embed.proj.conv_general_dilated is jax.lax.conv_general_dilated
+
+
+@pytest.mark.parametrize("k,stride,pad", [(3, 1, 1), (1, 1, 0), (4, 4, 0), (3, 2, 1), (3, 1, 0)])
+def test_nnx_conv_with_injected_matmul_grad_equals_plain_conv(k, stride, pad):
+    # The layer the model uses (nnx.Conv + injected conv) against a plain XLA conv + bias, for
+    # values and both gradients; only stride-1 "same" convs take the custom VJP.
+    layer = conv2d_layer(6, 5, k, stride=stride, padding=pad, matmul_grad=True, rngs=nnx.Rngs(0))
+    x, _, _ = _inputs(2, 8, 6, 5, k, seed=2)
+
+    graphdef, params = nnx.split(layer)
+
+    def ours(p, x):
+        return nnx.merge(graphdef, p)(x)
+
+    def plain(p, x):
+        return conv2d_xla(x, p["kernel"][...], stride, pad) + p["bias"][...]
+
+    cot = jnp.asarray(np.random.default_rng(3).standard_normal(plain(params, x).shape), jnp.float32)
+    (v1, (g1, dx1)), (v2, (g2, dx2)) = [
+        jax.jit(jax.value_and_grad(lambda p, x, f=f: jnp.sum(f(p, x) * cot), (0, 1)))(params, x)
+        for f in (ours, plain)
+    ]
+    np.testing.assert_allclose(float(v1), float(v2), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(dx1), np.asarray(dx2), atol=1e-5)
+    for name in ("kernel", "bias"):
+        np.testing.assert_allclose(np.asarray(g1[name][...]), np.asarray(g2[name][...]), atol=1e-4)
+    jaxpr = str(jax.make_jaxpr(layer)(x))
+    assert ("custom_vjp" in jaxpr) == (stride == 1 and k == 2 * pad + 1)
 
 
 def test_gradient_under_batch_sharding():

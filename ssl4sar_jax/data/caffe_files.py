@@ -521,12 +521,16 @@ def locate_manual_dir(manual_dir: Path | str) -> tuple[str, Path]:
         ``("folder", data_raw path)`` or ``("zip", archive path)``.
 
     Raises:
+        FileNotFoundError: when ``manual_dir`` does not exist.
         CaffeDataError: saying what was found and what was expected (never falls back to a
             download).
     """
     path = Path(manual_dir).expanduser()
     if not path.exists():
-        raise CaffeDataError([f"manual_dir {path}: does not exist"])
+        raise FileNotFoundError(
+            f"manual_dir {path} does not exist; expected a folder holding '{ARCHIVE_NAME}' or "
+            "the extracted 'data_raw/' (--config.data.manual_dir, docs/data.md)"
+        )
     if path.is_file():
         if path.suffix == ".zip":
             return "zip", path

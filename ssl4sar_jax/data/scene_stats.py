@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ssl4sar_jax.data import caffe_files
+from ssl4sar_jax.data import caffe_files, synthetic
 
 CLASS_NAMES = ("NA", "rock", "glacier", "ocean")
 TEXTURE_FEATURES = ("gradient_energy", "coeff_variation", "coherence", "dissimilarity")
@@ -124,13 +124,7 @@ def zone_front(zones: np.ndarray) -> np.ndarray:
     Measured on both real and synthetic labels, so front length and tortuosity do not depend on
     how thick a data set draws its front lines.
     """
-    g, o = zones == 2, zones == 3
-    touch = np.zeros_like(g)
-    touch[1:, :] |= o[:-1, :]
-    touch[:-1, :] |= o[1:, :]
-    touch[:, 1:] |= o[:, :-1]
-    touch[:, :-1] |= o[:, 1:]
-    return (g & touch).astype(np.uint8)
+    return synthetic.front_line(zones)
 
 
 def front_geometry(front: np.ndarray) -> tuple[float, float]:

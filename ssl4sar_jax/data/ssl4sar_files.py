@@ -151,11 +151,17 @@ def locate_manual_dir(manual_dir: Path | str) -> Path:
     """Checks that a manual_dir holds the SSL4SAR layout (see module docstring).
 
     Raises:
+        FileNotFoundError: when ``manual_dir`` does not exist.
         SSL4SARDataError: saying what was found and what was expected.
     """
     path = Path(manual_dir).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"manual_dir {path} does not exist; expected a folder holding "
+            "unlabeled_data_raw_train/, unlabeled_data_raw_val/ and data_optical/ (docs/data.md)"
+        )
     if not path.is_dir():
-        raise SSL4SARDataError([f"manual_dir {path}: does not exist or is not a folder"])
+        raise SSL4SARDataError([f"manual_dir {path}: is not a folder"])
     expected = [*SPLIT_FOLDERS.values(), OPTICAL_FOLDER]
     if all((path / folder).is_dir() for folder in expected):
         return path

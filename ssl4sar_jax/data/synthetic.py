@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from ssl4sar_jax import io_utils
 from ssl4sar_jax.constants import (
     GLACIER,
     GLACIERS,
@@ -903,10 +904,7 @@ def save_preview(path: Path | str, seed: int = 0, num: int = 6) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp_path, dpi=90)
-    plt.close(fig)
-    os.replace(tmp_path, path)
+    io_utils.save_figure(fig, path, dpi=90)
     return path
 
 
@@ -952,10 +950,7 @@ def save_ssl4sar_preview(path: Path | str, seed: int = 0, glaciers: int = 2) -> 
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp_path, dpi=80)
-    plt.close(fig)
-    os.replace(tmp_path, path)
+    io_utils.save_figure(fig, path, dpi=80)
     return path
 
 

@@ -16,7 +16,9 @@ the 4 rotations (0/90/180/270 degrees, no flips) are averaged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -47,6 +49,47 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.moveaxis(planes, 0, axis)
 
 
+def _prefetch(items: Iterable, depth: int) -> Iterator:
+    """Yields ``items`` produced ahead by a daemon thread (queue of ``depth``).
+
+    An exception in the producer is re-raised in the consumer; if the consumer stops early the
+    producer is told to stop and never blocks forever.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    done, stop = object(), threading.Event()
+
+    def put(entry: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as err:  # handed to the consumer
+            put((done, err))
+
+    thread = threading.Thread(target=produce, daemon=True, name="tile-prefetch")
+    thread.start()
+    try:
+        while True:
+            item, err = buffer.get()
+            if item is done:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+
+
 def predict_probabilities(
     predict_fn: PredictFn,
     image: np.ndarray,
@@ -59,8 +102,14 @@ def predict_probabilities(
     num_classes: int = 4,
     name: str = "image",
     pad_batches: bool = True,
+    prefetch: int = 2,
 ) -> np.ndarray:
     """One stitched forward pass over a full image.
+
+    This is the batched tile inference every full-image path uses (evaluation, TTA,
+    ensembles, scene prediction): tiles are cut on the host in a background thread, fed to
+    ``predict_fn`` in batches of one fixed shape, and the previous batch is stitched while the
+    current one runs.
 
     Args:
         predict_fn: float32 ``[N, context, context, 1]`` in [0, 1] -> logits
@@ -75,25 +124,44 @@ def predict_probabilities(
         name: Image name used in error messages.
         pad_batches: Pad the last batch with zero tiles to ``batch_size`` (fixed shapes for a
             jitted ``predict_fn``); the padded outputs are discarded.
+        prefetch: Tile batches cut ahead in a background thread (0 = no thread). The result
+            does not depend on it.
 
     Returns:
         float32 ``[H, W, num_classes]`` probabilities.
     """
     layout = make_layout(image.shape[:2], context=context, centre=centre, stride=stride)
     stitcher = Stitcher(layout, num_classes, stitch_mode)
-    for indices, tiles in iter_tile_batches(image, layout, batch_size):
-        tiles = tiles.astype(np.float32, copy=False)
-        n = len(indices)
-        if pad_batches:
-            # A constant batch shape avoids recompiling a jitted predict_fn for the last batch.
-            tiles, _ = array_utils.pad_batch(tiles, batch_size)
-        logits = np.asarray(predict_fn(tiles))
+
+    def padded_batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for indices, tiles in iter_tile_batches(image, layout, batch_size):
+            tiles = tiles.astype(np.float32, copy=False)
+            if pad_batches:
+                # One batch shape: a jitted predict_fn compiles once, also for the last batch.
+                tiles, _ = array_utils.pad_batch(tiles, batch_size)
+            yield indices, tiles
+
+    def stitch(indices: np.ndarray, tiles: np.ndarray, output) -> None:
+        logits = np.asarray(output)  # waits for an asynchronously dispatched result
         expected = (len(tiles), context, context, num_classes)
         if logits.shape != expected:
             raise ValueError(
                 f"{name}: predict_fn returned logits of shape {logits.shape}, expected {expected}"
             )
-        stitcher.add(indices, softmax(centre_crop(logits[:n], context, centre)))
+        stitcher.add(indices, softmax(centre_crop(logits[: len(indices)], context, centre)))
+
+    # Software pipeline: batch i+1 is cut (prefetch thread) and dispatched before batch i is
+    # read back and stitched, so with an asynchronous predict_fn (a jitted JAX function returning
+    # device arrays) the host work overlaps the model. Stitching order is unchanged.
+    batches = _prefetch(padded_batches(), prefetch) if prefetch > 0 else padded_batches()
+    previous = None
+    for indices, tiles in batches:
+        output = predict_fn(tiles)
+        if previous is not None:
+            stitch(*previous)
+        previous = (indices, tiles, output)
+    if previous is not None:
+        stitch(*previous)
     return stitcher.result()
 
 

@@ -18,7 +18,9 @@ resolution ``r`` metres per pixel:
    (default, the paper's code), ``"caffe"`` drops ``size <= 750 / r``;
 5. bounding-box masking with the reference's slicing, half-to-even rounding and asymmetric clamp.
 
-Everything is vectorised with ``scipy.ndimage``.
+Everything is vectorised with ``scipy.ndimage`` / numpy. Step 3 is four shifted boolean ORs and
+step 4 labels only the bounding box of the front pixels (fronts are thin), which give the
+outputs of the plain full-image formulation exactly (``tests/test_evaluation_postprocess.py``).
 """
 
 from __future__ import annotations
@@ -34,44 +36,64 @@ _EIGHT = np.ones((3, 3), dtype=bool)
 _FOUR = ndimage.generate_binary_structure(2, 1)
 
 
-def _largest_component(mask: np.ndarray) -> tuple[np.ndarray, int] | None:
-    """8-connected components of ``mask``: ``(labels [H, W], largest label)``, None if empty."""
+def _largest_component(mask: np.ndarray) -> tuple[np.ndarray, int, int] | None:
+    """8-connected components of ``mask``: ``(labels [H, W], count, largest label)``.
+
+    None if ``mask`` is empty.
+    """
     labels, count = ndimage.label(mask, structure=_EIGHT)
     if count == 0:
         return None
+    if count == 1:
+        return labels, 1, 1
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     sizes[0] = 0  # background
     largest = int(np.argmax(sizes))  # ties -> lowest label (raster order), as skimage
-    return labels, largest
+    return labels, count, largest
+
+
+def _relabel_others(
+    out: np.ndarray, mask: np.ndarray, labels: np.ndarray, largest: int, value: int
+) -> None:
+    """``out[mask & (labels != largest)] = value`` (``mask`` = the labelled pixels)."""
+    others = labels != largest
+    others &= mask
+    out[others] = value
 
 
 def fill_ocean_holes(zones: np.ndarray) -> np.ndarray:
     """Step 1: every non-ocean 8-component except the largest becomes ocean. ``[H, W]`` -> copy."""
     out = zones.copy()
-    found = _largest_component(zones != OCEAN)
-    if found is not None:
-        labels, largest = found
-        out[(labels != 0) & (labels != largest)] = OCEAN
+    mask = zones != OCEAN
+    found = _largest_component(mask)
+    if found is not None and found[1] > 1:  # one component: nothing to fill
+        _relabel_others(out, mask, found[0], found[2], OCEAN)
     return out
 
 
 def keep_largest_ocean(zones: np.ndarray) -> np.ndarray:
     """Step 2: every ocean 8-component except the largest becomes glacier. ``[H, W]`` -> copy."""
     out = zones.copy()
-    found = _largest_component(zones == OCEAN)
-    if found is not None:
-        labels, largest = found
-        out[(labels != 0) & (labels != largest)] = GLACIER
+    mask = zones == OCEAN
+    found = _largest_component(mask)
+    if found is not None and found[1] > 1:
+        _relabel_others(out, mask, found[0], found[2], GLACIER)
     return out
 
 
 def front_from_zones(zones: np.ndarray) -> np.ndarray:
     """Step 3: ocean pixels with a 4-neighbour that is glacier. ``[H, W]`` -> bool ``[H, W]``."""
     glacier = zones == GLACIER
-    # A pixel has a glacier 4-neighbour iff it is in the 4-dilation of glacier minus glacier
-    # itself; the border is padded with "not glacier" (border_value=0).
-    near_glacier = ndimage.binary_dilation(glacier, structure=_FOUR, border_value=0)
-    return (zones == OCEAN) & near_glacier
+    # The 4-dilation of glacier with "not glacier" outside the image, as four shifted ORs
+    # (the same set as ndimage.binary_dilation(glacier, 4-structure, border_value=0) minus
+    # glacier itself, which is never ocean; ~10x faster on 16-Mpx maps).
+    near = np.zeros_like(glacier)
+    near[1:] |= glacier[:-1]
+    near[:-1] |= glacier[1:]
+    near[:, 1:] |= glacier[:, :-1]
+    near[:, :-1] |= glacier[:, 1:]
+    near &= zones == OCEAN
+    return near
 
 
 def length_threshold_px(resolution_m: float) -> float:
@@ -97,13 +119,19 @@ def remove_short_fronts(front: np.ndarray, resolution_m: float, rule: str = "tyr
     if rule not in LENGTH_RULES:
         raise ValueError(f"length rule must be one of {LENGTH_RULES}, got {rule!r}")
     threshold = length_threshold_px(resolution_m)
-    labels, count = ndimage.label(front, structure=_EIGHT)
-    if count == 0:
-        return np.zeros(front.shape, dtype=bool)
+    out = np.zeros(front.shape, dtype=bool)
+    # Fronts are thin: label only the bounding box of the front pixels (a component never
+    # leaves it, so the labels and sizes are those of the full image).
+    rows, cols = np.flatnonzero(front.any(axis=1)), np.flatnonzero(front.any(axis=0))
+    if rows.size == 0:
+        return out
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    labels, count = ndimage.label(front[box], structure=_EIGHT)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     keep = sizes >= threshold if rule == "tyrion" else sizes > threshold
     keep[0] = False
-    return keep[labels]
+    out[box] = keep[labels]
+    return out
 
 
 def bbox_window(bbox: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:

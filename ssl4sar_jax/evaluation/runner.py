@@ -7,7 +7,10 @@ e.g. saved predictions or the speed benchmark.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
+import multiprocessing
 import os
 import sys
 import time
@@ -235,6 +238,11 @@ def evaluate_image(
     return row, pred_front
 
 
+def _evaluate_in_worker(image: ImageRecord, pred: np.ndarray, length_rule: str) -> dict:
+    """`evaluate_image` for a worker process (returns only the row; the front stays there)."""
+    return evaluate_image(image, pred, length_rule=length_rule)[0]
+
+
 def summarise(rows: Sequence[dict]) -> tuple[dict[str, float], dict]:
     """Flat metrics dict and breakdowns from per-image rows."""
     if not rows:
@@ -400,6 +408,7 @@ def evaluate_zone_predictions(
     allow_empty_true_front: bool = False,
     num_records: int | None = None,
     verbose: bool = True,
+    num_workers: int = 1,
 ) -> EvaluationResult:
     """Evaluates already predicted zone maps (post-processing, MDE, IoU; no model).
 
@@ -411,10 +420,14 @@ def evaluate_zone_predictions(
         allow_empty_true_front: See :func:`evaluate_records`.
         num_records: Total for the ETA.
         verbose: Print progress.
+        num_workers: Processes that post-process and score images in parallel (rows keep
+            the record order and are identical to ``num_workers=1``); 1 = in this process.
 
     Returns:
         The :class:`EvaluationResult`.
     """
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     if num_records is None and hasattr(records, "__len__"):
         num_records = len(records)
     start = time.perf_counter()
@@ -422,19 +435,46 @@ def evaluate_zone_predictions(
     rows = []
     sentinel = object()
     pred_iter = iter(predictions)
-    for index, record in enumerate(records):
-        image = parse_record(
-            record,
-            index=index,
-            allow_empty_true_front=allow_empty_true_front,
-            require_sar=False,
+    pool = None
+    if num_workers > 1:
+        # "spawn": the caller may hold JAX/XLA threads, which a fork would copy half-alive.
+        pool = concurrent.futures.ProcessPoolExecutor(
+            num_workers, mp_context=multiprocessing.get_context("spawn")
         )
-        pred = next(pred_iter, sentinel)
-        if pred is sentinel:
-            raise ValueError(f"{image.stem}: no prediction left for this record")
-        row, _ = evaluate_image(image, np.asarray(pred), length_rule=length_rule)
+    pending: collections.deque = collections.deque()
+
+    def collect_one() -> None:
+        row = pending.popleft().result()
         rows.append(row)
-        progress.step(f"{image.stem}: MDE {row['mde_m']:.1f} m")
+        progress.step(f"{row['stem']}: MDE {row['mde_m']:.1f} m")
+
+    try:
+        for index, record in enumerate(records):
+            image = parse_record(
+                record,
+                index=index,
+                allow_empty_true_front=allow_empty_true_front,
+                require_sar=False,
+            )
+            pred = next(pred_iter, sentinel)
+            if pred is sentinel:
+                raise ValueError(f"{image.stem}: no prediction left for this record")
+            pred = np.asarray(pred)
+            if pool is None:
+                row, _ = evaluate_image(image, pred, length_rule=length_rule)
+                rows.append(row)
+                progress.step(f"{image.stem}: MDE {row['mde_m']:.1f} m")
+                continue
+            if pred.shape != image.zones.shape:  # fail here, naming the image, not in a worker
+                evaluate_image(image, pred, length_rule=length_rule)
+            pending.append(pool.submit(_evaluate_in_worker, image, pred, length_rule))
+            while len(pending) > 2 * num_workers:  # bounded memory: a few images in flight
+                collect_one()
+        while pending:
+            collect_one()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     if next(pred_iter, sentinel) is not sentinel:
         raise ValueError(f"More predictions than records ({len(rows)} records)")
     flat, breakdowns = summarise(rows)

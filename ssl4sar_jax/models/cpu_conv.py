@@ -10,12 +10,16 @@ kernel gradient is computed as ``kh * kw`` shifted matmuls::
 
 This is the same sum XLA computes, in a different order, so the gradients agree to float32
 rounding. It only supports stride 1 with symmetric "same" padding (every 3x3 and 1x1 conv of
-the decoder). It is selected by `ModelConfig.conv_impl` ("auto" = CPU backend only).
+the decoder). It is selected by `ModelConfig.conv_impl` ("auto" = CPU backend only) and reaches
+the model's ``nnx.Conv`` layers as their injected ``conv_general_dilated``
+(`conv_general_dilated_matmul_grad`).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -103,6 +107,57 @@ def _bwd(padding: int, residuals, g: jax.Array):
 
 
 conv2d_matmul_grad.defvjp(_fwd, _bwd)
+
+
+def conv_general_dilated_matmul_grad(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: Any,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+    **kwargs: Any,
+) -> jax.Array:
+    """Drop-in ``lax.conv_general_dilated`` that takes `conv2d_matmul_grad` where it applies.
+
+    Injected into ``nnx.Conv(conv_general_dilated=...)``: a 2-D, NHWC/HWIO, stride-1,
+    undilated, ungrouped convolution with symmetric "same" padding goes through the custom
+    VJP; everything else (strided patch embeddings, other layouts) is passed to
+    ``lax.conv_general_dilated`` unchanged, as are the remaining keyword arguments.
+    """
+    plain = functools.partial(
+        lax.conv_general_dilated,
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        precision=precision,
+        **kwargs,
+    )
+    if lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1 or precision is not None:
+        return plain()
+    if kwargs.get("preferred_element_type") is not None:
+        return plain()
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DIMENSION_NUMBERS)
+    if lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc:
+        return plain()
+    kh, kw = rhs.shape[0], rhs.shape[1]
+    ones = (1, 1)
+    if tuple(window_strides) != ones or kh != kw or kh % 2 == 0:
+        return plain()
+    if tuple(lhs_dilation or ones) != ones or tuple(rhs_dilation or ones) != ones:
+        return plain()
+    pad = kh // 2
+    if isinstance(padding, str) or [tuple(p) for p in padding] != [(pad, pad), (pad, pad)]:
+        return plain()
+    return conv2d_matmul_grad(lhs, rhs, pad)
 
 
 def conv2d(

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssl4sar_jax.models.config import ModelConfig
-from ssl4sar_jax.models.layers import Conv2d, group_norm
+from ssl4sar_jax.models.layers import conv2d_layer, group_norm
 
 
 class ResnetBlock(nnx.Module):
@@ -50,12 +50,14 @@ class ResnetBlock(nnx.Module):
     ):
         conv = dict(dtype=dtype, matmul_grad=matmul_grad, rngs=rngs)
         self.norm1 = group_norm(in_channels, dtype=dtype, rngs=rngs)
-        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1, **conv)
+        self.conv1 = conv2d_layer(in_channels, out_channels, 3, padding=1, **conv)
         self.norm2 = group_norm(out_channels, dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
-        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1, **conv)
+        self.conv2 = conv2d_layer(out_channels, out_channels, 3, padding=1, **conv)
         self.nin_shortcut = (
-            Conv2d(in_channels, out_channels, 1, **conv) if in_channels != out_channels else None
+            conv2d_layer(in_channels, out_channels, 1, **conv)
+            if in_channels != out_channels
+            else None
         )
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -79,7 +81,7 @@ class Upsample(nnx.Module):
     def __init__(
         self, channels: int, *, dtype: Any = None, matmul_grad: bool = False, rngs: nnx.Rngs
     ):
-        self.conv = Conv2d(
+        self.conv = conv2d_layer(
             channels, channels, 3, padding=1, dtype=dtype, matmul_grad=matmul_grad, rngs=rngs
         )
 

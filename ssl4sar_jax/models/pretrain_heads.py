@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssl4sar_jax.models.config import ModelConfig, as_config
-from ssl4sar_jax.models.layers import Conv2d, layer_norm, torch_default_linear
+from ssl4sar_jax.models.layers import conv2d_layer, layer_norm, torch_default_linear
 from ssl4sar_jax.models.segmenter import SSL4SARSegmenter, feature_head
 
 
@@ -53,7 +53,7 @@ class ReEmbed(nnx.Module):
     """PatchEmbed with PyTorch default init (TYRION ``patch_embed_after_decoder``)."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        self.proj = Conv2d(
+        self.proj = conv2d_layer(
             config.mim_reconstruction_channels,
             config.embed_dim,
             config.patch_size,

@@ -16,7 +16,7 @@ from flax import nnx
 
 from ssl4sar_jax.models.config import ModelConfig, as_config
 from ssl4sar_jax.models.decoder import Decoder
-from ssl4sar_jax.models.layers import Conv2d
+from ssl4sar_jax.models.layers import conv2d_layer
 from ssl4sar_jax.models.swinv2 import SwinV2Encoder
 
 
@@ -59,13 +59,13 @@ def check_token_mask(token_mask: jax.Array, config: ModelConfig, batch: int) -> 
         )
 
 
-def feature_head(config: ModelConfig, out_channels: int, *, rngs: nnx.Rngs) -> Conv2d:
+def feature_head(config: ModelConfig, out_channels: int, *, rngs: nnx.Rngs) -> nnx.Conv:
     """1x1 conv on the decoder features ``[B, H, W, embed_dim] -> [B, H, W, out_channels]``.
 
     The zone head and both pretraining heads are this layer (PyTorch default init, the CPU
     matmul-gradient path where enabled).
     """
-    return Conv2d(
+    return conv2d_layer(
         config.embed_dim,
         out_channels,
         1,

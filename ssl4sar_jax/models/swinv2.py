@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 
 from ssl4sar_jax.models.config import ModelConfig
-from ssl4sar_jax.models.layers import Conv2d, layer_norm, trunc_normal_linear
+from ssl4sar_jax.models.layers import conv2d_layer, layer_norm, trunc_normal_linear
 
 LOGIT_SCALE_MAX = math.log(1.0 / 0.01)  # ln(100): clamp of the learnable attention scale
 LOGIT_SCALE_INIT = math.log(10.0)
@@ -156,7 +156,7 @@ class PatchEmbed(nnx.Module):
     def __init__(
         self, in_chans: int, embed_dim: int, patch_size: int, *, dtype: Any = None, rngs: nnx.Rngs
     ):
-        self.proj = Conv2d(
+        self.proj = conv2d_layer(
             in_chans, embed_dim, patch_size, stride=patch_size, dtype=dtype, rngs=rngs
         )
         self.norm = layer_norm(embed_dim, dtype=dtype, rngs=rngs)

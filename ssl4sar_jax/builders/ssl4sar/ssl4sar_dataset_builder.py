@@ -95,8 +95,11 @@ class Builder(FormatConvertingBuilder):
     # README.md / CITATIONS.bib / TAGS.txt sit next to this file (tfds' own lookup goes through the
     # package name, which differs between a source checkout and an installed wheel).
     pkg_dir_path = epath.Path(__file__).parent
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "Own-data folder configs; input checks; synthetic scenes with real-SAR cues.",
+    }
     BUILDER_CONFIGS = [
         SSL4SARConfig(name="full", description="Real SSL4SAR data from the manual_dir."),
         SSL4SARConfig(
