@@ -29,6 +29,9 @@ def base(task: str, name: str, objective: str) -> ml_collections.ConfigDict:
     c.compilation_cache_dir = "auto"
     c.mesh = [("data", -1)]
     c.sharding_rules = []  # e.g. [(".*kernel", (None, None, None, "data"))]
+    # Parameters + optimiser state: "replicated" | "fsdp" (split over "data") | "fsdp_tensor"
+    # (also Megatron-style over a "model" mesh axis); see ssl4sar_jax/sharding.py.
+    c.sharding = "replicated"
     c.model = model("paper")
     return c
 

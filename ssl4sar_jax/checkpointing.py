@@ -1,12 +1,19 @@
 """Orbax checkpointing of training runs, resume checks, and weight initialisation sources.
 
-A checkpoint step holds two items:
+A checkpoint step holds three items:
 
 * ``state``: the train state pytree ``{"step", "params", "opt_state"}`` (params are a pure dict
-  of the NNX parameter tree, so checkpoints are readable without the model code);
-* ``meta``: JSON with everything else needed to continue exactly — the data-iterator state, the
+  of the NNX parameter tree, so checkpoints are readable without the model code). With several
+  processes every process writes the shards it holds (orbax/tensorstore, no gathering on one
+  process); a restore reads the shards its target sharding needs, on any number of processes;
+* ``meta``: JSON (written by process 0) with everything else needed to continue exactly — the
   reduce-on-plateau state, the best validation value so far, the task name and the parameter
-  shapes (used to refuse a workdir that holds a checkpoint of a different model).
+  shapes (used to refuse a workdir that holds a checkpoint of a different model);
+* ``data_iter``: one JSON file per process, ``process_<i>-of-<n>.json``, with that process's
+  data-iterator state. A restore on ``n`` processes reads its own file; on another process
+  count it accepts the saved states only if they are all equal (the pipelines of
+  ``ssl4sar_jax.data`` keep a process-count-invariant state: the number of global batches
+  consumed), and refuses otherwise.
 
 Layout: ``{workdir}/checkpoints/<step>/`` (periodic + final, keep-N) and
 ``{workdir}/best_checkpoint/<step>/`` (the single best by the task's selection metric).
@@ -45,6 +52,7 @@ from ssl4sar_jax.param_utils import LoadReport, flatten_params, path_to_str
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best_checkpoint"
+DATA_ITER_ITEM = "data_iter"
 
 
 class CheckpointMismatchError(ValueError):
@@ -82,6 +90,63 @@ def describe_shape_mismatch(
             )
         )
     return "; ".join(lines)
+
+
+class ProcessStateHandler(ocp.JsonCheckpointHandler):
+    """Orbax handler writing one JSON state per process (``process_<i>-of-<n>.json``).
+
+    Every process writes only its own file into the step's (temporary) directory; orbax commits
+    the step once all processes have finished, so a step holds all files or none.
+    """
+
+    def __init__(self):
+        super().__init__()
+
+    @staticmethod
+    def filename(index: int, count: int) -> str:
+        return f"process_{index}-of-{count}.json"
+
+    async def _save_fn(self, x, directory):
+        name = self.filename(jax.process_index(), jax.process_count())
+        (directory / name).write_text(json.dumps(x, sort_keys=True))
+
+    def restore(self, directory, item=None, args=None) -> dict[str, Any]:
+        del item, args
+        own = directory / self.filename(jax.process_index(), jax.process_count())
+        if own.exists():
+            return json.loads(own.read_text())
+        files = sorted(directory.glob("process_*-of-*.json"))
+        if not files:
+            raise FileNotFoundError(f"no per-process data-iterator state in {directory}")
+        states = [json.loads(f.read_text()) for f in files]
+        if any(state != states[0] for state in states[1:]):
+            raise CheckpointMismatchError(
+                f"{directory} holds data-iterator states of {len(files)} processes that differ "
+                f"({files[0].name}: {states[0]}); they cannot be redistributed over "
+                f"{jax.process_count()} processes. Resume with the process count of the run."
+            )
+        logging.info(
+            "Data-iterator state of %d processes restored on %d (process-count invariant).",
+            len(files),
+            jax.process_count(),
+        )
+        return states[0]
+
+
+@ocp.args.register_with_handler(ProcessStateHandler, for_save=True)
+@dataclasses.dataclass
+class ProcessStateSave(ocp.args.CheckpointArgs):
+    """Save args of :class:`ProcessStateHandler` (this process's JSON-able state)."""
+
+    item: Mapping[str, Any]
+
+
+@ocp.args.register_with_handler(ProcessStateHandler, for_restore=True)
+@dataclasses.dataclass
+class ProcessStateRestore(ocp.args.CheckpointArgs):
+    """Restore args of :class:`ProcessStateHandler`."""
+
+    item: Any = None
 
 
 # ---------------------------------------------------------------------------- integrity
@@ -517,12 +582,12 @@ class RunCheckpointer:
         self.manager = ocp.CheckpointManager(
             os.path.join(self.workdir, CHECKPOINT_DIR),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options),
-            item_names=("state", "meta"),
+            item_names=("state", "meta", DATA_ITER_ITEM),
         )
         self.best_manager = ocp.CheckpointManager(
             os.path.join(self.workdir, BEST_DIR),
             options=ocp.CheckpointManagerOptions(max_to_keep=1, **options),
-            item_names=("state", "meta"),
+            item_names=("state", "meta", DATA_ITER_ITEM),
         )
         self._thread: threading.Thread | None = None
         self._error: CheckpointSaveError | None = None
@@ -536,8 +601,19 @@ class RunCheckpointer:
         return os.path.join(self.workdir, BEST_DIR if best else CHECKPOINT_DIR)
 
     # ------------------------------------------------------------------ saving
-    def save(self, step: int, state: Any, meta: Mapping[str, Any], best: bool = False) -> None:
-        """Save ``state`` and JSON ``meta`` at ``step`` (to the best slot if ``best``).
+    def save(
+        self,
+        step: int,
+        state: Any,
+        meta: Mapping[str, Any],
+        best: bool = False,
+        data_iter: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Save ``state``, JSON ``meta`` and this process's ``data_iter`` state at ``step``.
+
+        Called by every process with the same ``step`` (``state`` is the global sharded state;
+        ``meta`` is written by process 0, ``data_iter`` by every process into its own file);
+        ``best`` saves to the best slot.
 
         Raises:
             CheckpointSaveError: if an earlier background save failed.
@@ -551,16 +627,24 @@ class RunCheckpointer:
             state = jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, state)
             self._thread = threading.Thread(
                 target=self._write,
-                args=(manager, step, state, dict(meta), best),
+                args=(manager, step, state, dict(meta), best, data_iter),
                 name=f"ssl4sar-checkpoint-save-{step}",
                 daemon=True,
             )
             self._thread.start()
         else:
-            self._write(manager, step, state, dict(meta), best)
+            self._write(manager, step, state, dict(meta), best, data_iter)
             self.check(at_step=step)
 
-    def _write(self, manager, step: int, state: Any, meta: dict, best: bool) -> None:
+    def _write(
+        self,
+        manager,
+        step: int,
+        state: Any,
+        meta: dict,
+        best: bool,
+        data_iter: Mapping[str, Any] | None,
+    ) -> None:
         step_dir = os.path.join(self._directory(best), str(step))
         import logging as std_logging
 
@@ -569,10 +653,10 @@ class RunCheckpointer:
         self._stash.active, self._stash.held = True, []
         logger.addFilter(self._stash)
         try:
-            args = ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            )
-            manager.save(step, args=args, force=True)
+            items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+            if data_iter is not None:
+                items[DATA_ITER_ITEM] = ProcessStateSave(dict(data_iter))
+            manager.save(step, args=ocp.args.Composite(**items), force=True)
             manager.wait_until_finished()
             if not os.path.isdir(step_dir):
                 raise CheckpointSaveError(f"orbax did not commit {step_dir}")
@@ -684,6 +768,8 @@ class RunCheckpointer:
     ) -> tuple[Any, dict[str, Any]]:
         """Restore ``(state, meta)`` onto ``abstract_state`` (leaves carry target shardings).
 
+        ``meta["data_iter"]`` is this process's data-iterator state (see the module docstring).
+
         The step folder is verified against its manifest first (use
         :func:`select_resume_point` to choose a step that passes).
 
@@ -707,13 +793,11 @@ class RunCheckpointer:
                     f"(task {meta.get('task')!r}): {difference}. Use a new --workdir for this "
                     "config, or point --workdir at the run this config belongs to."
                 )
+        items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+        if os.path.isdir(os.path.join(step_dir, DATA_ITER_ITEM)):
+            items[DATA_ITER_ITEM] = ProcessStateRestore()
         try:
-            restored = manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-                ),
-            )
+            restored = manager.restore(step, args=ocp.args.Composite(**items))
         except (ValueError, KeyError, TypeError) as err:
             raise CheckpointMismatchError(
                 f"Cannot restore {step_dir} into the current train state: {_error_text(err)}. "
@@ -721,7 +805,11 @@ class RunCheckpointer:
                 "train state differs otherwise (optimizer or dtype of another config); use a "
                 "new --workdir for this config."
             ) from err
-        return restored["state"], dict(restored["meta"])
+        meta = dict(restored["meta"])
+        if DATA_ITER_ITEM in items:
+            # This process's own iterator state (older checkpoints keep process 0's in meta).
+            meta["data_iter"] = dict(restored[DATA_ITER_ITEM])
+        return restored["state"], meta
 
 
 def read_params(checkpoint_dir: str, which: str = "best") -> dict[str, np.ndarray]:

@@ -14,8 +14,9 @@ Exit codes: 0 finished (or ``stop_after_steps``), 1 error (the message says what
 75 the workdir is locked by another live run.
 
 Any config field can be overridden with ``--config.<key>=<value>``; configs are locked, so a
-key that does not exist stops with an error naming it. Multi-host runs call
-``jax.distributed.initialize()`` when the usual cluster environment variables are present.
+key that does not exist stops with an error naming it. Multi-host runs (docs/training.md) start
+``jax.distributed`` from ``--coordinator_address/--num_processes/--process_id`` or from a
+detected cluster (SLURM, Open MPI, Cloud TPU VM).
 """
 
 from __future__ import annotations
@@ -34,24 +35,19 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, outputs).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# Environment variables that signal a multi-process launch (jax.distributed auto-detection).
-_MULTIPROCESS_ENV = (
-    "JAX_COORDINATOR_ADDRESS",
-    "COORDINATOR_ADDRESS",
-    "SLURM_NTASKS",
-    "OMPI_COMM_WORLD_SIZE",
-    "TPU_WORKER_HOSTNAMES",
-    "MEGASCALE_COORDINATOR_ADDRESS",
+# Plain multi-host launch (no cluster manager): the same coordinator on every process.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0's coordinator (multi-host runs)."
 )
-
-
-def _maybe_initialize_distributed() -> None:
-    import jax
-
-    if int(os.environ.get("SLURM_NTASKS", "1")) <= 1 and "SLURM_NTASKS" in os.environ:
-        return
-    if any(name in os.environ for name in _MULTIPROCESS_ENV):
-        jax.distributed.initialize()
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ["auto", "on", "off"],
+    "jax.distributed: auto = from the flags above or a detected cluster (SLURM, Open MPI); "
+    "on = always (JAX detects the cluster, e.g. a TPU VM pod slice); off = never.",
+)
 
 
 def main(argv: list[str]) -> int:
@@ -64,7 +60,14 @@ def main(argv: list[str]) -> int:
     if cpu_devices and "JAX_NUM_CPU_DEVICES" not in os.environ:
         # Must happen before the backend starts; only affects the CPU platform.
         jax.config.update("jax_num_cpu_devices", cpu_devices)
-    _maybe_initialize_distributed()
+    from ssl4sar_jax import sharding
+
+    sharding.initialize_distributed(
+        _COORDINATOR.value,
+        _NUM_PROCESSES.value,
+        _PROCESS_ID.value,
+        enable={"auto": None, "on": True, "off": False}[_DISTRIBUTED.value],
+    )
     from ssl4sar_jax.compilation_cache import enable_compilation_cache
 
     cache_dir = enable_compilation_cache(config.get("compilation_cache_dir", "auto"))

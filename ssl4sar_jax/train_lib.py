@@ -325,7 +325,10 @@ def setup_state(
     init_fn = steps.make_init_fn(task, tx, seed)
     abstract_state, abstract_rest = jax.eval_shape(init_fn)
     state_sh = sharding_lib.state_shardings(
-        abstract_state, mesh, [tuple(r) for r in config.get("sharding_rules", ())]
+        abstract_state,
+        mesh,
+        [tuple(r) for r in config.get("sharding_rules", ())],
+        preset=config.get("sharding", "replicated"),
     )
     rest_sh = sharding_lib.state_shardings(abstract_rest, mesh)
     setup = StateSetup(
@@ -559,6 +562,10 @@ class CheckpointMeta:
             "health_window": self.monitor.state_dict(),
         }
 
+    def data_iter(self) -> dict[str, Any]:
+        """This process's data-iterator state (saved per process, see checkpointing)."""
+        return self.iterator.get_state()
+
 
 class HealthySave:
     """Saves a checkpoint only when the state is healthy (finite, not exploding).
@@ -595,7 +602,9 @@ class HealthySave:
                         f"checkpoint is step {loop.last_saved}. " + self.advice(loop)
                     )
             return
-        self.checkpointer.save(loop.step, loop.state, self.meta(loop), best=best)
+        self.checkpointer.save(
+            loop.step, loop.state, self.meta(loop), best=best, data_iter=self.meta.data_iter()
+        )
         if not best:
             loop.last_saved, loop.refused_saves = loop.step, 0
             lr = self.plateau.lr if self.plateau is not None else self.config.optim.learning_rate
@@ -729,14 +738,27 @@ def _is_better(value: float | None, best: float | None, mode: str) -> bool:
 
 
 class Preemption:
-    """SIGTERM -> request a save-and-exit at the next step boundary (a context manager)."""
+    """SIGTERM -> save-and-exit at a step boundary that every process agrees on.
+
+    One process: a Python SIGTERM handler sets a flag, checked after every step. Several
+    processes: JAX's preemption service (started by ``jax.distributed.initialize``) catches
+    SIGTERM on any process, tells the others through the coordination service and picks a step
+    every process can still reach; `agreed` returns True at that step on all processes
+    (``multihost_utils.reached_preemption_sync_point``), so they all save the same step.
+    """
 
     def __init__(self):
         self.requested = threading.Event()
         self._previous = None
+        # jax.distributed.initialize starts the service unless the flag turns it off.
+        self._service = (
+            jax.process_count() > 1
+            and jax.distributed.is_initialized()
+            and bool(jax.config.jax_enable_preemption_service)
+        )
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if not self._service and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
@@ -748,13 +770,17 @@ class Preemption:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
-    def agreed(self) -> bool:
-        """Whether SIGTERM arrived (with several processes: confirmed across them)."""
-        if not self.requested.is_set():
-            return False
-        if jax.process_count() > 1:
-            return bool(multihost_utils.process_allgather(np.asarray(True)).any())
-        return True
+    def agreed(self, step: int) -> bool:
+        """Whether to save and stop after ``step`` (the same answer on every process)."""
+        if self._service:
+            stop = multihost_utils.reached_preemption_sync_point(step)
+            if stop:
+                logging.warning("Preemption: every process saves step %d, then exits.", step)
+            return stop
+        requested = self.requested.is_set()
+        if jax.process_count() > 1:  # no preemption service: every process joins a collective
+            requested = bool(multihost_utils.process_allgather(np.asarray(requested)).any())
+        return requested
 
 
 class StopCheck(PeriodicAction):
@@ -766,7 +792,7 @@ class StopCheck(PeriodicAction):
         self._reason = None
 
     def due(self, loop):
-        if self.preemption.agreed():
+        if self.preemption.agreed(loop.step):
             self._reason = "preempted"
         elif self.stop_after and loop.step >= self.stop_after:
             self._reason = "stop_after_steps"

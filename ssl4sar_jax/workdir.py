@@ -76,6 +76,7 @@ RESUMABLE = (
     "num_cpu_devices",
     "mesh",
     "sharding_rules",
+    "sharding",
     "data.data_dir",
     "data.manual_dir",
     "data.prepare",
@@ -228,6 +229,14 @@ def check_fresh_start(workdir: str, overwrite: bool) -> None:
     import jax
 
     found = history_entries(workdir)
+    if jax.process_count() > 1:
+        # Process 0 decides: a slower process could otherwise see the files process 0 has
+        # started writing and stop alone, leaving the others waiting in a collective.
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        seen = bool(multihost_utils.broadcast_one_to_all(np.asarray(bool(found))))
+        found = (found or ["files seen by process 0"]) if seen else []
     if not found:
         return
     if not overwrite:

@@ -115,29 +115,34 @@ def test_determinism_threads_and_seeds():
     assert not np.array_equal(a[0]["sar"], c[0]["sar"])
 
 
-def test_processes_read_disjoint_shards_and_split_the_batch():
+def test_processes_split_the_global_batch_and_the_epoch():
     records = _caffe_records(6)
-    for rec_i, rec in enumerate(records):
-        rec["sar"] = np.full_like(rec["sar"], 10 * rec_i)  # SAR value identifies the record
-    cfg = dataclasses.replace(
-        FT, prob_mix_up=0.0, prob_speckle=0.0, prob_brightness=0.0, prob_gamma=0.0
-    )
-    seen = {}
-    for p in range(2):
+    cfg = dataclasses.replace(FT, samples_per_epoch=6)
+
+    def batches(process_count, process_index, n=3):
         it = data.make_finetune_iterator(
             records,
-            global_batch_size=4,
+            global_batch_size=6,
             seed=0,
             sampler=cfg,
-            process_index=p,
-            process_count=2,
+            process_index=process_index,
+            process_count=process_count,
             num_threads=0,
+            record_ids=True,
         )
-        batches = _take(it, 6)
-        assert batches[0]["sar"].shape[0] == 2
-        values = {int(round(v * 255)) for b in batches for v in np.unique(b["sar"])}
-        seen[p] = {v // 10 for v in values}
-    assert seen[0] == {0, 2, 4} and seen[1] == {1, 3, 5}
+        return _take(it, n)
+
+    single = batches(1, 0)
+    for count in (2, 3):
+        parts = [batches(count, p) for p in range(count)]
+        assert parts[0][0]["sar"].shape[0] == 6 // count
+        for step in range(3):
+            # The processes' rows concatenate to the single-process global batch.
+            joined = {k: np.concatenate([part[step][k] for part in parts]) for k in single[step]}
+            assert _equal([joined], [single[step]])
+            # One epoch per step: disjoint per-process record sets that cover the split.
+            ids = [set(part[step]["record_index"].tolist()) for part in parts]
+            assert sum(len(x) for x in ids) == 6 and set().union(*ids) == set(range(6))
     with pytest.raises(ValueError, match="multiple of the process count"):
         data.make_finetune_iterator(
             records, global_batch_size=3, seed=0, process_index=0, process_count=2

@@ -68,3 +68,70 @@ def test_path_to_str_joins_keys():
     tree = {"a": {"b": [np.zeros(1), {"c": np.zeros(1)}]}}
     paths = [sharding.path_to_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
     assert paths == ["a/b/0", "a/b/1/c"]
+
+
+def _sds(*shape):
+    return jax.ShapeDtypeStruct(shape, np.float32)
+
+
+def test_fsdp_preset_splits_the_largest_divisible_dimension():
+    mesh = sharding.make_mesh([("data", -1)], jax.devices()[:4])
+    state = {
+        "params": {
+            "qkv": {"kernel": _sds(96, 288)},
+            "conv": {"kernel": _sds(3, 3, 64, 30)},  # 30 % 4 != 0: the 64 is split
+            "odd": {"kernel": _sds(33, 35)},  # no divisible dimension: replicated
+            "norm": {"scale": _sds(96)},  # below FSDP_MIN_SIZE: replicated
+        },
+        "step": _sds(),
+    }
+    sh = sharding.state_shardings(state, mesh, preset="fsdp")
+    assert sh["params"]["qkv"]["kernel"].spec == P(None, "data")
+    assert sh["params"]["conv"]["kernel"].spec == P(None, None, "data", None)
+    assert sh["params"]["odd"]["kernel"].spec == P()
+    assert sh["params"]["norm"]["scale"].spec == P()
+    assert sh["step"].spec == P()
+    replicated = sharding.state_shardings(state, mesh)
+    full = sharding.bytes_per_device(state, replicated)
+    assert full == 4 * (96 * 288 + 9 * 64 * 30 + 33 * 35 + 96 + 1)
+    assert sharding.bytes_per_device(state, sh) == full - 4 * (96 * 288 + 9 * 64 * 30) * 3 // 4
+    with pytest.raises(ValueError, match="config.sharding must be one of"):
+        sharding.state_shardings(state, mesh, preset="zero3")
+
+
+def test_fsdp_tensor_preset_shards_attention_and_mlp_over_the_model_axis():
+    mesh = sharding.make_mesh([("data", 2), ("model", 2)], jax.devices()[:4])
+    block = {
+        "attn": {"qkv": {"kernel": _sds(96, 288)}, "proj": {"kernel": _sds(96, 96)}},
+        "mlp": {
+            "fc1": {"kernel": _sds(96, 384), "bias": _sds(384)},
+            "fc2": {"kernel": _sds(384, 96)},
+        },
+        "head": {"kernel": _sds(1, 1, 96, 4)},
+    }
+    sh = sharding.state_shardings({"params": block}, mesh, preset="fsdp_tensor")["params"]
+    assert sh["attn"]["qkv"]["kernel"].spec == P("data", "model")
+    assert sh["attn"]["proj"]["kernel"].spec == P("model", "data")
+    assert sh["mlp"]["fc1"]["kernel"].spec == P("data", "model")
+    assert sh["mlp"]["fc1"]["bias"].spec == P("model")
+    assert sh["mlp"]["fc2"]["kernel"].spec == P("model", "data")
+    assert sh["head"]["kernel"].spec == P()  # 384 elements: below FSDP_MIN_SIZE
+    with pytest.raises(ValueError, match="needs a 'model' mesh axis"):
+        sharding.state_shardings(block, sharding.make_mesh([("data", -1)]), preset="fsdp_tensor")
+
+
+def test_process_batch_rows_of_one_process_are_the_whole_batch():
+    mesh = sharding.make_mesh([("data", -1)], jax.devices()[:4])
+    assert sharding.process_batch_rows(mesh, 8) == list(range(8))
+
+
+def test_initialize_distributed_needs_all_explicit_arguments(monkeypatch):
+    with pytest.raises(ValueError, match="needs all of --coordinator_address"):
+        sharding.initialize_distributed("127.0.0.1:1234", None, 0)
+    for name in sharding.CLUSTER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert sharding.initialize_distributed() is False  # a plain single-process run
+    assert sharding.initialize_distributed(enable=False) is False
+    monkeypatch.setenv("SLURM_JOB_ID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert sharding.initialize_distributed() is False  # one SLURM task: nothing to join

@@ -3,16 +3,20 @@
 Design (samplers of Nora-Go/TYRION ``CaFFe/dataset_hook.py:RandomPatchDataset`` and
 ``CaFFe/dataset_unlabeled.py``, made deterministic and resumable for grain):
 
-* A pipeline is ``grain.MapDataset.range(n).map(sampler).batch(B).to_iter_dataset()``. Element
-  ``i`` of process ``p`` is a pure function of ``(seed, p, i)``: its random generator is
-  ``np.random.default_rng([seed, p, i])`` and its image is drawn from a per-epoch permutation
-  seeded by ``(seed, p, epoch)``. Batch ``s`` holds elements ``[s * B, (s + 1) * B)``, so every
-  batch is a function of ``(seed, process index, step)`` - independent of threads or restarts.
-* The iterator is a grain ``DatasetIterator``: ``get_state()`` returns a small JSON-able dict and
-  ``set_state(state)`` resumes exactly (checkpoint it with the model, e.g. orbax
-  ``grain.checkpoint.CheckpointSave``).
-* Each process reads its own shard of records (``records[p::process_count]``) and yields
-  ``global_batch_size // process_count`` samples per step; ``samples_per_epoch`` is global.
+* A pipeline is ``grain.MapDataset.range(n).map(sampler).batch(b).to_iter_dataset()``. The
+  global stream does not depend on the number of processes: global sample ``g`` (row
+  ``g % B`` of global batch ``g // B``) is a pure function of ``(seed, g)`` — its random generator
+  is ``np.random.default_rng([seed, 0, g])`` and its image is entry ``g % E`` of a per-epoch
+  permutation of the ``E = samples_per_epoch`` samples seeded by ``(seed, epoch)``. So every
+  global batch is a function of ``(seed, step)`` only: independent of threads, restarts and of
+  how many processes share the batch (a run may resume on another cluster size).
+* Process ``p`` of ``P`` yields rows ``[p * b, (p + 1) * b)`` of every global batch
+  (``b = B / P``, the rows ``jax.make_array_from_process_local_data`` expects from it), so within
+  an epoch the processes read disjoint sets of images whose union is the split (when
+  ``samples_per_epoch`` equals the number of records), as PyTorch's ``DistributedSampler`` does.
+* The iterator is a grain ``DatasetIterator``: ``get_state()`` returns a small JSON-able dict
+  (the number of batches consumed, the same on every process) and ``set_state(state)`` resumes
+  exactly (the training loop checkpoints it per process).
 * Records are the TFDS records of docs/interfaces.md (or any sequence of dicts with the same
   keys). Output batches are exactly the documented training batches.
 """
@@ -34,6 +38,9 @@ Record = Mapping[str, Any]
 Batch = dict[str, np.ndarray]
 # Length of an "infinite" pipeline (grain MapDatasets have a length); never reached in practice.
 _INFINITE = 2**40
+# Stream id in the per-sample seeds: 0 keeps single-process streams identical to the per-process
+# streams of earlier versions (process 0 of 1), so published demo numbers stay reproducible.
+_STREAM = 0
 
 
 def _process_info(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -77,14 +84,32 @@ class _RecordCache:
 
 
 class _IndexSampler:
-    """Maps element index -> (record index, rng) deterministically from (seed, process, index)."""
+    """Maps local element index -> (record index, rng), deterministic and process-count invariant.
 
-    def __init__(self, shard: Sequence[int], samples_per_epoch: int, seed: int, process: int):
-        if not shard:
-            raise ValueError("This process's shard of the data source is empty")
-        self.shard = list(shard)
+    Args:
+        num_records: Records in the split.
+        samples_per_epoch: Global samples per epoch ``E`` (sample ``g`` uses image
+            ``perm_epoch[g % E] % num_records``, the reference's ``names[i % N]``).
+        seed: Pipeline seed.
+        global_batch: Global batch size ``B``.
+        rows: ``(start, stop)`` rows of every global batch this process yields.
+    """
+
+    def __init__(
+        self,
+        num_records: int,
+        samples_per_epoch: int,
+        seed: int,
+        global_batch: int,
+        rows: tuple[int, int],
+    ):
+        if num_records <= 0:
+            raise ValueError("The data source is empty")
+        self.num_records = num_records
         self.samples_per_epoch = samples_per_epoch
-        self.seed, self.process = seed, process
+        self.seed = seed
+        self.global_batch = global_batch
+        self.rows = rows
         self._perms: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -99,16 +124,26 @@ class _IndexSampler:
         with self._lock:
             perm = self._perms.get(epoch)
             if perm is None:
-                rng = np.random.default_rng([self.seed, self.process, epoch, 7])
+                rng = np.random.default_rng([self.seed, _STREAM, epoch, 7])
                 perm = rng.permutation(self.samples_per_epoch)
                 self._perms = {epoch: perm}  # keep only the current epoch
             return perm
 
+    def global_index(self, index: int) -> int:
+        """Global sample index of this process's element ``index``."""
+        start, stop = self.rows
+        step, row = divmod(int(index), stop - start)
+        return step * self.global_batch + start + row
+
+    def random_record(self, rng: np.random.Generator) -> int:
+        """A uniformly drawn record index (e.g. a mix-up partner)."""
+        return int(rng.integers(self.num_records))
+
     def __call__(self, index: int) -> tuple[int, np.random.Generator]:
-        epoch, pos = divmod(int(index), self.samples_per_epoch)
-        # Sample i uses image i % N over shuffled indices (the reference's names[i % N]).
-        record = self.shard[int(self._permutation(epoch)[pos]) % len(self.shard)]
-        return record, np.random.default_rng([self.seed, self.process, int(index)])
+        sample = self.global_index(index)
+        epoch, pos = divmod(sample, self.samples_per_epoch)
+        record = int(self._permutation(epoch)[pos]) % self.num_records
+        return record, np.random.default_rng([self.seed, _STREAM, sample])
 
 
 class FinetuneSample:
@@ -127,7 +162,7 @@ class FinetuneSample:
         sar, zones = self._context(record_index, rng)
         if rng.random() < self.cfg.prob_mix_up:
             weight = rng.uniform(*self.cfg.mix_up_range)
-            other = self.sampler.shard[int(rng.integers(len(self.sampler.shard)))]
+            other = self.sampler.random_record(rng)
             other_sar, _ = self._context(other, rng)
             sar = transforms.mix_up_ocean(sar, zones, other_sar, weight)
         sar = transforms.ocrodeg(sar, rng, self.cfg)
@@ -160,6 +195,18 @@ class PretrainSample:
         }
 
 
+class _WithRecordIndex:
+    """grain map wrapper adding ``"record_index"`` (int64, the record of the split) to a sample."""
+
+    def __init__(self, sample: Callable[[int], Batch], sampler: _IndexSampler):
+        self.sample, self.sampler = sample, sampler
+
+    def __call__(self, index: int) -> Batch:
+        out = self.sample(index)
+        out["record_index"] = np.int64(self.sampler(index)[0])
+        return out
+
+
 def _build(
     source: Sequence[Record],
     make_map: Callable[[_RecordCache, _IndexSampler], Callable[[int], Batch]],
@@ -175,6 +222,7 @@ def _build(
     prefetch_buffer_size: int,
     record_cache_size: int,
     num_workers: int,
+    record_ids: bool = False,
 ) -> grain.DatasetIterator:
     p, n_proc = _process_info(process_index, process_count)
     if global_batch_size <= 0 or global_batch_size % n_proc:
@@ -185,12 +233,18 @@ def _build(
     if len(source) == 0:
         raise ValueError("The data source is empty")
     local_batch = global_batch_size // n_proc
-    local_epoch = max(local_batch, samples_per_epoch // n_proc)
-    shard = range(p, len(source), n_proc)
-    sampler = _IndexSampler(shard, local_epoch, seed, p)
+    epoch = max(global_batch_size, samples_per_epoch)
+    rows = (p * local_batch, (p + 1) * local_batch)
+    sampler = _IndexSampler(len(source), epoch, seed, global_batch_size, rows)
     records = _RecordCache(source, record_cache_size, keys)
-    total = _INFINITE if num_epochs is None else local_epoch * num_epochs
-    ds = grain.MapDataset.range(total).map(make_map(records, sampler))
+    # Local elements: this process's rows of every global batch (whole batches per epoch).
+    total = (
+        _INFINITE if num_epochs is None else (epoch * num_epochs // global_batch_size) * local_batch
+    )
+    sample = make_map(records, sampler)
+    if record_ids:
+        sample = _WithRecordIndex(sample, sampler)
+    ds = grain.MapDataset.range(total).map(sample)
     ds = ds.batch(local_batch, drop_remainder=True)
     read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
     iter_ds = ds.to_iter_dataset(read)
@@ -213,13 +267,15 @@ def make_finetune_iterator(
     prefetch_buffer_size: int = 8,
     record_cache_size: int = 64,
     num_workers: int = 0,
+    record_ids: bool = False,
 ) -> grain.DatasetIterator:
     """Fine-tuning batches from CaFFe records (random context + reference augmentations).
 
     Args:
         source: CaFFe records (``sar`` uint8 [H, W, 1], ``zones`` uint8 [H, W]), e.g.
             ``prepare("caffe", ...)["train"]``.
-        global_batch_size: batch over all processes; each yields ``global // process_count``.
+        global_batch_size: batch over all processes; process ``p`` yields rows
+            ``[p * b, (p + 1) * b)`` of it, ``b = global // process_count``.
         seed: pipeline seed.
         sampler: augmentation and size settings (default: the paper's 512/256 recipe).
         num_epochs: None = infinite; otherwise ``samples_per_epoch * num_epochs`` samples.
@@ -230,6 +286,8 @@ def make_finetune_iterator(
         record_cache_size: decoded records kept in memory (LRU).
         num_workers: grain worker processes (0 = none). Needs absl flags parsed (run under
             ``absl.app.run``) and a ``__main__`` guard; batches are identical to num_workers=0.
+        record_ids: also yield ``"record_index"`` int64 ``[B]``, the split's record of each
+            sample (to audit sharding and epochs).
 
     Returns:
         A grain iterator of ``{"sar": float32 [B, C, C, 1] in [0, 1], "zones": int32 [B, C, C]}``
@@ -250,6 +308,7 @@ def make_finetune_iterator(
         prefetch_buffer_size=prefetch_buffer_size,
         record_cache_size=record_cache_size,
         num_workers=num_workers,
+        record_ids=record_ids,
     )
 
 
@@ -266,6 +325,7 @@ def make_pretrain_iterator(
     prefetch_buffer_size: int = 8,
     record_cache_size: int = 16,
     num_workers: int = 0,
+    record_ids: bool = False,
 ) -> grain.DatasetIterator:
     """Pretraining batches from SSL4SAR records (crop, random-resized crop, flip, token mask).
 
@@ -291,4 +351,5 @@ def make_pretrain_iterator(
         prefetch_buffer_size=prefetch_buffer_size,
         record_cache_size=record_cache_size,
         num_workers=num_workers,
+        record_ids=record_ids,
     )
