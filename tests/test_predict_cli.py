@@ -1,4 +1,4 @@
-"""End to end through ``python -m ssl4sar_jax.predict``: real tiny checkpoints, TTA, ensemble."""
+"""End to end through ``python -m ssl4sar_jax.predict``: two trained tiny runs, TTA, ensemble."""
 
 from __future__ import annotations
 
@@ -9,29 +9,21 @@ import sys
 
 import pytest
 import rasterio
-from train_helpers import MICRO_MODEL, load_config
+from train_helpers import load_config, micro_config
 
 from ssl4sar_jax.data import synthetic_geo as sg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _save_tiny_run(workdir, seed: int) -> None:
-    """A fine-tuning-like run directory: random tiny params saved by the project's checkpointer."""
-    import jax.numpy as jnp
-    from flax import nnx
+def _train_tiny_run(workdir, seed: int, data_dir: str) -> None:
+    """A real fine-tuning run: the micro model trained 2 steps on synthetic CaFFe (seed ``seed``)."""
+    from ssl4sar_jax import train_lib
 
-    from ssl4sar_jax import checkpointing
-    from ssl4sar_jax.models import ModelConfig, build_model
-
-    model_config = ModelConfig.named("tiny", **MICRO_MODEL)  # 32 px tiles, 2 stages
-    model = build_model(model_config, seed=seed, objective="segment")
-    params = nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[1])
-    checkpointer = checkpointing.RunCheckpointer(str(workdir), keep=1, async_save=False)
-    checkpointer.save(3, {"step": jnp.asarray(3, jnp.int32), "params": params}, {"step": 3})
-    checkpointer.close()
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump({"task": "finetune", "model": model_config.to_dict()}, f)
+    config = micro_config("finetune", "smoke", data_dir)
+    config.total_steps = 2
+    config.seed = seed
+    train_lib.train_and_evaluate(config, str(workdir))
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -47,10 +39,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, data_dir, compilation_cache):
     root = tmp_path_factory.mktemp("cli")
     for seed in (0, 1):
-        _save_tiny_run(root / f"ft{seed}", seed)
+        _train_tiny_run(root / f"ft{seed}", seed, data_dir)
     for i in range(2):
         sg.write_scene(root / "scenes", f"Synth{i}_2021-04-0{i + 1}_S1", shape=(70, 80), seed=i)
         for suffix in ("_zones.tif", "_front.geojson"):
