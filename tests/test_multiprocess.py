@@ -4,10 +4,11 @@ Loopback multi-process runs (``tests/multiprocess.py``: P processes, gloo CPU co
 simulated CPU devices) are compared with single-process runs of the same config and global
 batch (in this pytest process, one device). Two launches are shared by all the tests:
 
-* P = 2 × 2 devices: OptTranslator with FSDP (3 steps), an epoch audit, then fine-tuning that
-  gets SIGTERM on process 1 at step 2 — both processes save the same step ``s`` and stop;
+* P = 2 × 2 devices: OptTranslator with FSDP and OptSimMIM (3 steps each), an epoch audit, then
+  fine-tuning that gets SIGTERM on process 1 at step 2 — both processes save the same step ``s``
+  and stop;
 * P = 4 × 1 device: the 2-process checkpoint of step ``s`` resumed to the end (resharded state,
-  iterator state of 2 processes on 4), an epoch audit.
+  iterator state of 2 processes on 4), an epoch audit, OptTranslator and OptSimMIM (3 steps each).
 
 Checked: losses and parameters equal one process (1e-5); per-process epoch shards are disjoint
 and cover the split; every process wrote its own checkpoint files and the integrity manifest
@@ -47,6 +48,8 @@ FINETUNE = {
     "checkpoint.every_steps": 100,  # only the preemption save and the final one
 }
 PRETRAIN = {"total_steps": 3}
+PRETRAIN_TASKS = ("opt_translator", "opt_simmim")
+FINETUNE_JOB = 3  # index of the fine-tuning job of the 2-process launch
 
 
 def _losses(workdir) -> dict[int, float]:
@@ -117,9 +120,10 @@ def reference(env, tmp_path_factory):
     config = _finetune_config(env)
     config.checkpoint.every_steps, config.checkpoint.keep = 1, TOTAL
     train_lib.train_and_evaluate(config, str(root / "finetune"))
-    config = _config("opt_translator", env["data_dir"], PRETRAIN)
-    config.num_devices = 1
-    train_lib.train_and_evaluate(config, str(root / "opt_translator"))
+    for objective in PRETRAIN_TASKS:
+        config = _config(objective, env["data_dir"], PRETRAIN)
+        config.num_devices = 1
+        train_lib.train_and_evaluate(config, str(root / objective))
     return root
 
 
@@ -133,6 +137,12 @@ def two(env, tmp_path_factory):
             "task": "opt_translator",
             "workdir": str(root / "opt_translator"),
             "overrides": {**PRETRAIN, "sharding": "fsdp"},
+        },
+        {
+            "kind": "train",
+            "task": "opt_simmim",
+            "workdir": str(root / "opt_simmim"),
+            "overrides": PRETRAIN,
         },
         {"kind": "epoch", "task": "finetune", "batch_size": 8},
         {
@@ -169,17 +179,26 @@ def four(env, two, tmp_path_factory):
             "overrides": {**FINETUNE, "val.every_steps": 0},
         },
         {"kind": "epoch", "task": "finetune", "batch_size": 8},
+        *(
+            {
+                "kind": "train",
+                "task": objective,
+                "workdir": str(root / objective),
+                "overrides": PRETRAIN,
+            }
+            for objective in PRETRAIN_TASKS
+        ),
     ]
     return root, _launch(env, jobs, root / "out", 4, 1)
 
 
 def _preempted_step(two) -> int:
-    return two[1][0]["jobs"][2]["final_step"]
+    return two[1][0]["jobs"][FINETUNE_JOB]["final_step"]
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(two):
     root, results = two
-    stops = [r["jobs"][2] for r in results]
+    stops = [r["jobs"][FINETUNE_JOB] for r in results]
     assert all(s["stopped"] == "preempted" for s in stops), stops
     saved = stops[0]["final_step"]
     assert all(s["final_step"] == saved for s in stops) and 2 <= saved < TOTAL, stops
@@ -190,11 +209,11 @@ def test_two_processes_train_as_one(two, reference):
     root, results = two
     assert [r["device_count"] for r in results] == [4, 4]
     assert [r["process_index"] for r in results] == [0, 1]
-    translator = results[0]["jobs"][0]
-    assert translator["first_step"] == 0 and translator["final_step"] == 3
-    ref = reference / "opt_translator"
-    _assert_losses(_losses(root / "opt_translator"), _losses(ref), (1, 2, 3))
-    _assert_params(_step_dir(root / "opt_translator", 3), _step_dir(ref, 3))
+    for job, objective in zip(results[0]["jobs"][:2], PRETRAIN_TASKS, strict=True):
+        assert job["first_step"] == 0 and job["final_step"] == 3, objective
+        ref = reference / objective
+        _assert_losses(_losses(root / objective), _losses(ref), (1, 2, 3))
+        _assert_params(_step_dir(root / objective, 3), _step_dir(ref, 3))
     saved = _preempted_step(two)
     ref = reference / "finetune"
     _assert_losses(_losses(root / "finetune"), _losses(ref), range(1, saved + 1))
@@ -252,6 +271,16 @@ def test_two_process_checkpoint_resumes_on_four(two, four, reference):
     _assert_params(_step_dir(root / "resumed", TOTAL), _step_dir(ref, TOTAL))
     names = _process_files(_step_dir(root / "resumed", TOTAL))
     assert names == [f"process_{i}-of-4.json" for i in range(4)]
+
+
+def test_four_processes_pretrain_as_one(four, reference):
+    """Both pretraining objectives, 3 steps on P = 4 x 1 device, equal one process."""
+    root, results = four
+    for objective, job in zip(PRETRAIN_TASKS, results[0]["jobs"][2:], strict=True):
+        assert job["first_step"] == 0 and job["final_step"] == 3, objective
+        ref = reference / objective
+        _assert_losses(_losses(root / objective), _losses(ref), (1, 2, 3))
+        _assert_params(_step_dir(root / objective, 3), _step_dir(ref, 3))
 
 
 def test_two_process_checkpoint_resumes_on_one(two, reference, env, tmp_path):
