@@ -8,19 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from train_helpers import REPO, run_main
+from train_helpers import MICRO_ARGS, REPO, cache_env, main_env, run_main, smoke_args
 
 
 def test_unknown_config_key_fails_clearly(tmp_path):
-    result = run_main(
-        [
-            "--config",
-            "configs/finetune.py:smoke",
-            "--workdir",
-            str(tmp_path),
-            "--config.optim.no_such_key=1",
-        ]
-    )
+    result = run_main(smoke_args(tmp_path, "--config.optim.no_such_key=1"))
     assert result.returncode == 2
     assert "Unknown config key(s) ['optim.no_such_key']" in result.stderr
     assert not os.path.exists(tmp_path / "checkpoints")
@@ -29,30 +21,15 @@ def test_unknown_config_key_fails_clearly(tmp_path):
 def test_main_finetune_smoke_with_validation_mde(tmp_path, data_dir, compilation_cache):
     workdir = tmp_path / "ft"
     result = run_main(
-        [
-            "--config",
-            "configs/finetune.py:smoke",
-            "--workdir",
-            str(workdir),
+        smoke_args(
+            workdir,
             f"--config.data.data_dir={data_dir}",
             "--config.total_steps=2",
             "--config.val.every_steps=2",
-            "--config.model.img_size=32",
-            "--config.model.embed_dim=32",
-            "--config.model.depths=(1,1)",
-            "--config.model.num_heads=(1,2)",
-            "--config.model.pretrained_window_sizes=(0,0)",
-            "--config.model.conv_impl=xla",
-            "--config.data.sampler.centre_size=16",
             # Same program as the in-process fine-tuning tests (persistent compilation cache).
-            "--config.num_devices=1",
-            "--config.batch_size=8",
-            "--config.grad_accum_steps=2",
-        ],
-        env_extra={
-            "JAX_COMPILATION_CACHE_DIR": compilation_cache,
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        },
+            *MICRO_ARGS,
+        ),
+        env_extra=cache_env(compilation_cache),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -100,31 +77,16 @@ def test_exit_codes_locked_workdir_75_and_preempted_42(tmp_path, data_dir, compi
     from ssl4sar_jax import checkpointing
 
     workdir = tmp_path / "ft"
-    args = [
-        "--config",
-        "configs/finetune.py:smoke",
-        "--workdir",
-        str(workdir),
+    args = smoke_args(
+        workdir,
         f"--config.data.data_dir={data_dir}",
         "--config.total_steps=100000",
         "--config.checkpoint.every_steps=100000",
         "--config.log_every_steps=1",
         "--config.val.every_steps=0",
-        "--config.model.img_size=32",
-        "--config.model.embed_dim=32",
-        "--config.model.depths=(1,1)",
-        "--config.model.num_heads=(1,2)",
-        "--config.model.pretrained_window_sizes=(0,0)",
-        "--config.model.conv_impl=xla",
-        "--config.data.sampler.centre_size=16",
-        "--config.num_devices=1",
-        "--config.batch_size=8",
-        "--config.grad_accum_steps=2",
-    ]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env["JAX_COMPILATION_CACHE_DIR"] = compilation_cache
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        *MICRO_ARGS,
+    )
+    env = main_env(cache_env(compilation_cache))
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(
         [sys.executable, "-m", "ssl4sar_jax.main", *args], cwd=REPO, env=env, stderr=log, stdout=log

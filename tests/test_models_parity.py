@@ -22,30 +22,18 @@ from ssl4sar_jax.models import ModelConfig, SSL4SARSegmenter
 from ssl4sar_jax.models.convert_torch import export_torch_state
 from ssl4sar_jax.models.decoder import ResnetBlock, Upsample
 from ssl4sar_jax.models.testing import microsoft_to_hf_swinv2, randomize_params
+from ssl4sar_jax.models.torch_reference import hf_swinv2_config
 
 torch.set_num_threads(2)
 TOL = 1e-4
 
 
 def _hf_model(config: ModelConfig, state: dict[str, np.ndarray]) -> transformers.Swinv2Model:
-    hf_config = transformers.Swinv2Config(
-        image_size=config.img_size,
-        patch_size=config.patch_size,
-        num_channels=config.in_chans,
-        embed_dim=config.embed_dim,
-        depths=list(config.depths),
-        num_heads=list(config.num_heads),
-        window_size=config.window_size,
-        pretrained_window_sizes=list(config.pretrained_window_sizes),
-        mlp_ratio=config.mlp_ratio,
-        qkv_bias=True,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        drop_path_rate=0.0,
-        hidden_act="gelu",
-        layer_norm_eps=1e-5,
-        use_absolute_embeddings=False,
-    )
+    hf_config = hf_swinv2_config(config)  # the same mapping as the PyTorch twin
+    # The reference side keeps PyTorch's own LayerNorm eps and no dropout, whatever ours is.
+    assert hf_config.layer_norm_eps == 1e-5 and hf_config.hidden_act == "gelu"
+    assert hf_config.hidden_dropout_prob == hf_config.attention_probs_dropout_prob == 0.0
+    assert hf_config.drop_path_rate == 0.0
     model = transformers.Swinv2Model(hf_config, add_pooling_layer=False).eval()
     tensors = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}
     result = model.load_state_dict(tensors, strict=False)

@@ -16,26 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from train_helpers import REPO, run_main
+from train_helpers import MICRO_ARGS, REPO, cache_env, run_main, smoke_args
 
 from ssl4sar_jax import data
 from ssl4sar_jax.data import caffe_files, ssl4sar_files
 from ssl4sar_jax.evaluation import evaluate_zone_predictions
 
 DUMMY = Path(REPO) / "ssl4sar_jax" / "builders"
-# The micro model and batch layout of tests/test_main.py (same programs: compilation cache).
-MICRO_ARGS = [
-    "--config.model.img_size=32",
-    "--config.model.embed_dim=32",
-    "--config.model.depths=(1,1)",
-    "--config.model.num_heads=(1,2)",
-    "--config.model.pretrained_window_sizes=(0,0)",
-    "--config.model.conv_impl=xla",
-    "--config.data.sampler.centre_size=16",
-    "--config.num_devices=1",
-    "--config.batch_size=8",
-    "--config.grad_accum_steps=2",
-]
 
 
 def own_caffe_folder(root: Path) -> Path:
@@ -54,11 +41,8 @@ def test_cli_prepares_and_trains_own_folder(tmp_path, compilation_cache):
     folder = own_caffe_folder(tmp_path / "mine")
     tfds_dir, workdir = tmp_path / "tfds", tmp_path / "run"
     result = run_main(
-        [
-            "--config",
-            "configs/finetune.py:smoke",
-            "--workdir",
-            str(workdir),
+        smoke_args(
+            workdir,
             "--config.data.config=folder",
             f"--config.data.manual_dir={folder}",
             "--config.data.test_glaciers=DBE",
@@ -68,11 +52,8 @@ def test_cli_prepares_and_trains_own_folder(tmp_path, compilation_cache):
             "--config.total_steps=2",
             "--config.val.every_steps=2",
             *MICRO_ARGS,
-        ],
-        env_extra={
-            "JAX_COMPILATION_CACHE_DIR": compilation_cache,
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        },
+        ),
+        env_extra=cache_env(compilation_cache),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("are not CaFFe's") == 1  # the unknown glacier, warned once
@@ -176,15 +157,12 @@ def test_cli_reports_manual_dir_problem_once(tmp_path):
     manual = tmp_path / "manual"
     manual.mkdir()
     result = run_main(
-        [
-            "--config",
-            "configs/finetune.py:smoke",
-            "--workdir",
-            str(tmp_path / "run"),
+        smoke_args(
+            tmp_path / "run",
             "--config.data.config=full",
             f"--config.data.manual_dir={manual}",
             f"--config.data.data_dir={tmp_path / 'tfds'}",
-        ],
+        ),
         timeout=300,
     )
     assert result.returncode != 0
@@ -301,11 +279,8 @@ def test_an_unknown_glacier_trains_and_is_evaluated_with_its_own_breakdown(
     folder = own_caffe_folder(tmp_path / "mine")
     workdir = tmp_path / "run"
     result = run_main(
-        [
-            "--config",
-            "configs/finetune.py:smoke",
-            "--workdir",
-            str(workdir),
+        smoke_args(
+            workdir,
             "--config.data.config=folder",
             f"--config.data.manual_dir={folder}",
             "--config.data.test_glaciers=DBE",
@@ -316,11 +291,8 @@ def test_an_unknown_glacier_trains_and_is_evaluated_with_its_own_breakdown(
             "--config.val.every_steps=2",
             "--config.val.write_pictures_every=1",
             *MICRO_ARGS,
-        ],
-        env_extra={
-            "JAX_COMPILATION_CACHE_DIR": compilation_cache,
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        },
+        ),
+        env_extra=cache_env(compilation_cache),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((workdir / "val" / "step_000002" / "metrics.json").read_text())

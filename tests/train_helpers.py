@@ -65,15 +65,50 @@ def model_dict(**overrides) -> dict:
     return ModelConfig.named("tiny", **{**MICRO_MODEL, **overrides}).to_dict()
 
 
-def run_main(args, env_extra=None, timeout=600) -> subprocess.CompletedProcess:
-    """``python -m ssl4sar_jax.main *args`` in a subprocess from the repository root."""
+# The micro model and fine-tuning batch layout of `micro_config` as command-line overrides of
+# ``configs/finetune.py:smoke``, so command-line runs compile the in-process tests' programs
+# (persistent compilation cache).
+MICRO_ARGS = (
+    "--config.model.img_size=32",
+    "--config.model.embed_dim=32",
+    "--config.model.depths=(1,1)",
+    "--config.model.num_heads=(1,2)",
+    "--config.model.pretrained_window_sizes=(0,0)",
+    "--config.model.conv_impl=xla",
+    "--config.data.sampler.centre_size=16",
+    "--config.num_devices=1",
+    "--config.batch_size=8",
+    "--config.grad_accum_steps=2",
+)
+
+
+def smoke_args(workdir, *overrides: str) -> list[str]:
+    """``main`` arguments of a ``configs/finetune.py:smoke`` run in ``workdir``."""
+    return ["--config", "configs/finetune.py:smoke", "--workdir", str(workdir), *overrides]
+
+
+def cache_env(compilation_cache: str) -> dict[str, str]:
+    """Environment entries that make a subprocess share the session's compilation cache."""
+    return {
+        "JAX_COMPILATION_CACHE_DIR": compilation_cache,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+
+
+def main_env(env_extra=None) -> dict[str, str]:
+    """``os.environ`` with the repository first on ``PYTHONPATH``, updated by ``env_extra``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     env.update(env_extra or {})
+    return env
+
+
+def run_main(args, env_extra=None, timeout=600) -> subprocess.CompletedProcess:
+    """``python -m ssl4sar_jax.main *args`` in a subprocess from the repository root."""
     return subprocess.run(
         [sys.executable, "-m", "ssl4sar_jax.main", *args],
         cwd=REPO,
-        env=env,
+        env=main_env(env_extra),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -903,8 +903,7 @@ def save_preview(path: Path | str, seed: int = 0, num: int = 6) -> Path:
     fig.suptitle(f"Synthetic CaFFe (ssl4sar_jax.data.synthetic, seed {seed})")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    io_utils.save_figure(fig, path, dpi=90)
+    io_utils.save_figure(fig, path, dpi=90)  # creates missing parent folders
     return path
 
 
@@ -949,8 +948,7 @@ def save_ssl4sar_preview(path: Path | str, seed: int = 0, glaciers: int = 2) -> 
     fig.suptitle(f"Synthetic SSL4SAR (ssl4sar_jax.data.synthetic, seed {seed})")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    io_utils.save_figure(fig, path, dpi=80)
+    io_utils.save_figure(fig, path, dpi=80)  # creates missing parent folders
     return path
 
 
