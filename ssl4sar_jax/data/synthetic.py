@@ -70,9 +70,11 @@ from ssl4sar_jax.data.caffe_files import (
     format_stem,
 )
 from ssl4sar_jax.data.synthetic_specs import (  # noqa: F401  (re-exported)
+    SPACING_TABLE,
     SSL4SAR_SYNTHETIC_GLACIERS,
     SyntheticCaffeSpec,
     SyntheticSSL4SARSpec,
+    effective_spacing_m,
 )
 
 # Years each sensor was acquiring (used to draw plausible dates).
@@ -643,6 +645,10 @@ def _image_shape(spec: SyntheticCaffeSpec, geo: GlacierGeometry, res_m: int) -> 
 def generate_caffe(root: Path | str, spec: SyntheticCaffeSpec | None = None) -> Path:
     """Writes a synthetic CaFFe ``data_raw/`` tree under `root` (atomically) and returns it.
 
+    Besides the CaFFe layout, ``data_raw/pixel_spacing.csv`` gives each image's effective
+    pixel spacing (`effective_spacing_m`); the file names keep the sensors' spacings, as the
+    archive's names do (breakdowns by resolution stay those of CaFFe).
+
     Args:
         root: output folder; ``root/data_raw`` is created (replaced if it exists).
         spec: generator knobs (seed, counts, sizes).
@@ -659,6 +665,7 @@ def generate_caffe(root: Path | str, spec: SyntheticCaffeSpec | None = None) -> 
             for split in ("train", "test"):
                 (tmp / folder / split).mkdir(parents=True)
         (tmp / "bounding_boxes").mkdir()
+        spacing_rows = ["stem,pixel_spacing_m"]
         for glacier, n in spec.glacier_counts().items():
             split = "test" if glacier in TEST_GLACIERS else "train"
             geo = glacier_geometry(glacier, spec.seed)
@@ -686,6 +693,8 @@ def generate_caffe(root: Path | str, spec: SyntheticCaffeSpec | None = None) -> 
                 _write_png(tmp / "fronts" / split / f"{stem}{FRONT_SUFFIX}", front * 255)
                 lines = ["x,y"] + [f"{x:.2f},{y:.2f}" for x, y in bbox]
                 (tmp / "bounding_boxes" / f"{stem}{BBOX_SUFFIX}").write_text("\n".join(lines))
+                spacing_rows.append(f"{stem},{effective_spacing_m(spec, shape):.6g}")
+        (tmp / SPACING_TABLE).write_text("\n".join(spacing_rows) + "\n")
         final = root / "data_raw"
         if final.exists():
             shutil.rmtree(final)

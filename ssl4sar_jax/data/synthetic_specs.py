@@ -21,6 +21,13 @@ class SyntheticCaffeSpec:
         min_size: smallest image side (px).
         max_size: largest image side (px).
         base_size: image side (px) at 20 m pixel spacing before per-glacier aspect jitter.
+        scene_extent_m: width (m) of the area each image stands for, along its longer side.
+            The images are CaFFe scenes scaled down (hundreds of pixels instead of the
+            archive's ~1,400 on average), so their effective pixel spacing is
+            ``scene_extent_m / max(H, W)`` (tens of metres), not the sensor's spacing in the
+            file name; it is written to ``data_raw/pixel_spacing.csv`` and drives the 750 m
+            front-length rule and the MDE in metres, as it would for real scenes resampled
+            to that size.
     """
 
     seed: int = 0
@@ -31,12 +38,23 @@ class SyntheticCaffeSpec:
     min_size: int = 160
     max_size: int = 352
     base_size: int = 176
+    # The archive's mean image (~2.05 Mpx, i.e. ~1,430 px a side) at its typical 7-20 m spacing
+    # covers roughly 10-30 km; 15 km gives 43-94 m per pixel at 160-352 px.
+    scene_extent_m: float = 15_000.0
 
     def glacier_counts(self) -> dict[str, int]:
         return {
             g: max(self.min_per_glacier, round(self.count_scale * sum(c.values())))
             for g, c in CAFFE_SENSOR_COUNTS.items()
         }
+
+
+SPACING_TABLE = "pixel_spacing.csv"  # in data_raw/: stem -> effective pixel spacing (m)
+
+
+def effective_spacing_m(spec: SyntheticCaffeSpec, shape: tuple[int, int]) -> float:
+    """Effective pixel spacing (m) of a synthetic image of ``shape`` ``(H, W)``."""
+    return float(spec.scene_extent_m) / max(shape)
 
 
 # Arctic glaciers used by the synthetic SSL4SAR config (hyphen-free tokens for the file grammar).

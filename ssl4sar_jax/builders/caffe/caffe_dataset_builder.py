@@ -44,7 +44,7 @@ from PIL import Image
 
 from ssl4sar_jax import io_utils
 from ssl4sar_jax.data import caffe_files
-from ssl4sar_jax.data.synthetic_specs import SyntheticCaffeSpec
+from ssl4sar_jax.data.synthetic_specs import SPACING_TABLE, SyntheticCaffeSpec
 
 _URL = "https://download.pangaea.de/dataset/940950/files/data_raw.zip"
 _HOMEPAGE = "https://doi.pangaea.de/10.1594/PANGAEA.940950"
@@ -266,10 +266,11 @@ class Builder(FormatConvertingBuilder):
 
     # README.md / CITATIONS.bib / TAGS.txt sit next to this file.
     pkg_dir_path = epath.Path(__file__).parent
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release (full images, official train/val split).",
         "1.1.0": "pixel_spacing_m per image; bbox float64; own-data folder configs.",
+        "1.2.0": "synthetic: effective pixel spacing (scene extent / image side), not the name's.",
     }
     BUILDER_CONFIGS = [
         CaffeConfig(name="full", description="Real CaFFe data_raw.zip (PANGAEA 940950)."),
@@ -374,7 +375,9 @@ class Builder(FormatConvertingBuilder):
             expected_glacier_counts=expected_glaciers,
             caffe_names=not cfg.own_data,
             test_glaciers=cfg.test_glaciers,
-            pixel_spacing=caffe_files.pixel_spacing_table(cfg.pixel_spacing),
+            pixel_spacing=caffe_files.pixel_spacing_table(
+                str(root / SPACING_TABLE) if cfg.synthetic is not None else cfg.pixel_spacing
+            ),
             hemispheres=dict(cfg.hemispheres),
             sar_conversion=cfg.sar_conversion,
         )

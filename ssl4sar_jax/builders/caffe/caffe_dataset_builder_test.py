@@ -153,17 +153,24 @@ def test_synthetic_config_builds_offline(tmp_path):
         builder.info.splits["train"].num_examples + builder.info.splits["validation"].num_examples
         == 10
     )
-    # The generated raw tree is in the real layout, under the download dir.
+    # The generated raw tree is in the real layout, under the download dir, plus the table of
+    # effective pixel spacings (the images are scenes scaled down).
     raw = tmp_path / "tfds" / "downloads" / "synthetic_caffe_synthetic_tiny" / "data_raw"
     assert sorted(p.name for p in raw.iterdir()) == [
         "bounding_boxes",
         "fronts",
+        "pixel_spacing.csv",
         "sar_images",
         "zones",
     ]
     rec = builder.as_data_source(split="test")[0]
     assert set(np.unique(rec["zones"])) <= {0, 1, 2, 3}
     assert rec["front"].sum() > 0
+    for split in ("train", "validation", "test"):
+        for rec in builder.as_data_source(split=split):
+            expected = spec.scene_extent_m / max(rec["zones"].shape)
+            assert rec["pixel_spacing_m"] == pytest.approx(expected, rel=1e-5)
+            assert rec["pixel_spacing_m"] > 4 * rec["resolution_m"]  # not the sensor's spacing
 
 
 def test_full_config_reads_the_zip_from_manual_dir(tmp_path):
