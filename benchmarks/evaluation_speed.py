@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
             }
 
     predictions = (pairs[key][1] for key, _, _, _ in specs)
-    cpu_start = time.process_time()
+    self_start = resource.getrusage(resource.RUSAGE_SELF)
     children_start = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = evaluate_zone_predictions(
@@ -148,17 +148,22 @@ def main(argv: list[str] | None = None) -> None:
         verbose=not args.quiet,
     )
     timed = time.perf_counter() - start
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (time.process_time() - cpu_start) + (
-        children.ru_utime + children.ru_stime - children_start.ru_utime - children_start.ru_stime
-    )
+    def cpu_seconds(start, who) -> tuple[float, float]:
+        end = resource.getrusage(who)
+        return end.ru_utime - start.ru_utime, end.ru_stime - start.ru_stime
+
+    parent_user, parent_sys = cpu_seconds(self_start, resource.RUSAGE_SELF)
+    workers_user, workers_sys = cpu_seconds(children_start, resource.RUSAGE_CHILDREN)
+    cpu = parent_user + parent_sys + workers_user + workers_sys
     metrics, rows = result.metrics, result.per_image
     print(
         f"images {len(rows)}, megapixels {pixels / 1e6:.0f}, workers {args.workers}: "
         f"evaluation {timed:.1f} s wall ({timed / len(rows):.2f} s/image, "
         f"{pixels / 1e6 / timed:.1f} Mpx/s), {cpu:.1f} CPU-s in all processes; "
         f"pooled MDE {metrics['front/mde_m']:.1f} m, missing {metrics['front/missing_fronts']}, "
-        f"mean IoU {metrics['zones/iou_mean']:.3f}"
+        f"mean IoU {metrics['zones/iou_mean']:.3f}\n"
+        f"CPU-s user/system: this process {parent_user:.1f}/{parent_sys:.1f} (reading records, "
+        f"sending them to the workers), workers {workers_user:.1f}/{workers_sys:.1f}"
     )
 
 

@@ -9,6 +9,7 @@ from scipy.spatial.distance import cdist
 from ssl4sar_jax.evaluation.metrics import (
     breakdowns,
     front_distances,
+    front_points,
     mean_distance_error,
     sensor_group,
     zone_metrics,
@@ -77,6 +78,54 @@ def test_kdtree_matches_brute_force_cdist():
     d = cdist(p, g)
     np.testing.assert_allclose(dist.pred_to_true_m, 7.0 * d.min(axis=1))
     np.testing.assert_allclose(dist.true_to_pred_m, 7.0 * d.min(axis=0))
+
+
+@pytest.mark.parametrize(
+    "case", ["empty", "one_pixel", "corners", "thin_curve", "dense", "edge_rows", "bool_uint8"]
+)
+def test_front_points_equal_argwhere_exactly(case):
+    """The box-cropped search gives np.argwhere's points in np.argwhere's order."""
+    rng = np.random.default_rng(len(case))
+    shape = (37, 53)
+    front = np.zeros(shape, dtype=bool)
+    if case == "one_pixel":
+        front[20, 7] = True
+    elif case == "corners":
+        front[0, 0] = front[-1, -1] = front[0, -1] = front[-1, 0] = True
+    elif case == "thin_curve":
+        rows = np.arange(3, 30)
+        front[rows, (25 + 6 * np.sin(rows / 4)).astype(int)] = True
+    elif case == "dense":
+        front = rng.random(shape) < 0.3
+    elif case == "edge_rows":
+        front[-1, 10:40] = True
+        front[5, 50] = True
+    elif case == "bool_uint8":
+        front = (rng.random(shape) < 0.05).astype(np.uint8) * 255
+    points = front_points(front)
+    expected = np.argwhere(front).astype(np.float64)
+    assert points.dtype == np.float64 and points.shape == expected.shape
+    np.testing.assert_array_equal(points, expected)
+
+
+def test_front_distances_bit_identical_to_full_image_search():
+    """Sums over the distances are bit-identical to the plain np.argwhere formulation."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(3)
+    pred = np.zeros((300, 400), bool)
+    true = np.zeros((300, 400), bool)
+    rows = np.arange(40, 260)
+    true[rows, (200 + 30 * np.sin(rows / 17)).astype(int)] = True
+    pred[rows, (205 + 28 * np.sin(rows / 15)).astype(int)] = True
+    pred[rng.integers(0, 300, 40), rng.integers(0, 400, 40)] = True  # scattered pieces
+    dist = front_distances(pred, true, 6.0)
+    p, g = np.argwhere(pred).astype(np.float64), np.argwhere(true).astype(np.float64)
+    plain_p2t = cKDTree(g).query(p, k=1)[0] * 6.0
+    plain_t2p = cKDTree(p).query(g, k=1)[0] * 6.0
+    np.testing.assert_array_equal(dist.pred_to_true_m, plain_p2t)
+    np.testing.assert_array_equal(dist.true_to_pred_m, plain_t2p)
+    assert dist.total_m == float(plain_p2t.sum() + plain_t2p.sum())
 
 
 def test_front_distance_shape_mismatch():

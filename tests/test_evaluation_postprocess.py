@@ -211,6 +211,15 @@ def _constructed_cases():
     long_front[:, 25:] = OCEAN
     long_front[150, 25:] = ROCK  # splits the front in two pieces
     cases.append(long_front)
+    # More than 65,535 components (the 16-bit labels fall back to 32 bits): 90,000 glacier
+    # specks in the ocean (hole filling) and 90,000 ocean specks on the glacier (single ocean),
+    # all of size 1 so the largest is decided by the raster-order tie rule.
+    specks = np.full((600, 600), OCEAN, np.uint8)
+    specks[::2, ::2] = GLACIER
+    cases.append(specks)
+    lakes = np.full((600, 600), GLACIER, np.uint8)
+    lakes[::2, ::2] = OCEAN
+    cases.append(lakes)
     return cases
 
 

@@ -157,6 +157,42 @@ def test_worker_processes_give_the_same_rows_in_order():
         evaluate_zone_predictions(shifted, records, verbose=False, num_workers=0)
 
 
+def test_packed_worker_payload_round_trips_exactly():
+    """The one-byte zones + bit-packed front a worker receives unpack to the same maps."""
+    from ssl4sar_jax.evaluation.runner import _PackedImage
+
+    rng = np.random.default_rng(0)
+    for height, width in ((1, 1), (3, 5), (97, 130), (150, 171)):  # sizes not multiples of 8
+        zones = rng.integers(0, 4, (height, width)).astype(np.uint8)
+        front = rng.random((height, width)) < 0.2
+        record = _record("COL_2015-12-18_TDX_7_1_094", zones)
+        record["front"] = front.astype(np.uint8)
+        image = parse_record(record, allow_empty_true_front=True)
+        for pred in (rng.integers(0, 4, (height, width)), zones.copy()):  # int64 and uint8
+            packed = _PackedImage.pack(image, pred)
+            assert packed is not None and packed.image.zones is None
+            unpacked, pred_back = packed.unpack()
+            np.testing.assert_array_equal(unpacked.zones, image.zones)
+            np.testing.assert_array_equal(unpacked.front, image.front)
+            assert unpacked.front.dtype == bool and unpacked.zones.dtype == np.uint8
+            np.testing.assert_array_equal(pred_back, pred)
+            assert unpacked.stem == image.stem and unpacked.bbox is image.bbox
+    # Ids outside 0..3 or floats are not packed (they would be corrupted), they fail in the worker.
+    assert _PackedImage.pack(image, np.full(image.zones.shape, 4)) is None
+    assert _PackedImage.pack(image, np.full(image.zones.shape, -1)) is None
+    assert _PackedImage.pack(image, image.zones.astype(np.float32)) is None
+
+
+def test_worker_processes_reject_bad_class_ids_like_one_process():
+    records = _records()
+    preds = [r["zones"].astype(np.int64) for r in records]
+    preds[1] = preds[1].copy()
+    preds[1][5, 5] = 7
+    for workers in (1, 2):
+        with pytest.raises(ValueError, match="class ids"):
+            evaluate_zone_predictions(preds, records, verbose=False, num_workers=workers)
+
+
 def test_mismatched_prediction_shape_names_image():
     records = _records()[:1]
     with pytest.raises(ValueError, match="COL_2015-12-18_TDX_7_1_094: prediction shape"):

@@ -60,6 +60,30 @@ class FrontDistances:
         return self.total_m / self.count
 
 
+def front_points(front: np.ndarray) -> np.ndarray:
+    """``np.argwhere(front)`` as float64 ``[N, 2]`` (row, col), computed on the front's box.
+
+    Fronts are thin curves: the non-zero search runs only inside the bounding box of the
+    non-zero rows and columns (two reductions over the image instead of a full ``nonzero``,
+    ~2-5x faster on 16-Mpx maps). Row-major order inside the box is the row-major order of
+    the whole image, so the points come in exactly ``np.argwhere``'s order and the summed
+    distances are bit-identical (``tests/test_evaluation_metrics.py``).
+    """
+    front = np.asarray(front)
+    if front.ndim != 2:
+        raise ValueError(f"front must be [H, W], got shape {front.shape}")
+    rows = np.flatnonzero(front.any(axis=1))
+    if rows.size == 0:
+        return np.zeros((0, 2), np.float64)
+    cols = np.flatnonzero(front.any(axis=0))
+    box = front[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    r, c = np.nonzero(box)
+    points = np.empty((r.size, 2), np.float64)
+    points[:, 0] = r + rows[0]
+    points[:, 1] = c + cols[0]
+    return points
+
+
 def front_distances(
     pred_front: np.ndarray, true_front: np.ndarray, resolution_m: float
 ) -> FrontDistances | None:
@@ -77,8 +101,8 @@ def front_distances(
         raise ValueError(
             f"Predicted front {pred_front.shape} and true front {true_front.shape} differ in shape"
         )
-    pred_xy = np.argwhere(pred_front).astype(np.float64)
-    true_xy = np.argwhere(true_front).astype(np.float64)
+    pred_xy = front_points(pred_front)
+    true_xy = front_points(true_front)
     if len(pred_xy) == 0 or len(true_xy) == 0:
         return None
     # KD-trees: O((N + M) log) instead of the reference's O(N * M) cdist.

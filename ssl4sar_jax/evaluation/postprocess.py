@@ -41,7 +41,12 @@ def _largest_component(mask: np.ndarray) -> tuple[np.ndarray, int, int] | None:
 
     None if ``mask`` is empty.
     """
-    labels, count = ndimage.label(mask, structure=_EIGHT)
+    try:
+        # 16-bit labels halve the memory traffic of labelling, counting and masking a 16-Mpx
+        # map (~30 % of this function); the numbering is the same as with any wider type.
+        labels, count = ndimage.label(mask, structure=_EIGHT, output=np.uint16)
+    except RuntimeError:  # more than 65,535 components: scipy refuses the narrow type
+        labels, count = ndimage.label(mask, structure=_EIGHT)
     if count == 0:
         return None
     if count == 1:
