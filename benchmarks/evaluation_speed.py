@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         verbose=not args.quiet,
     )
     timed = time.perf_counter() - start
+
     def cpu_seconds(start, who) -> tuple[float, float]:
         end = resource.getrusage(who)
         return end.ru_utime - start.ru_utime, end.ru_stime - start.ru_stime
