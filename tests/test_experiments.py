@@ -30,7 +30,13 @@ def test_pretraining_benefit_quick(tmp_path, data_dir, compilation_cache):
     for arm in pretraining_benefit.ARMS:
         assert f"| {arm} | 3 |" in table
     assert "Mann–Whitney" in table
+    # The diagnostic of what each pretraining learned: its val L1 beside a constant image's.
+    for arm in pretraining_benefit.ARMS[1:]:
+        constant = results["pretrain"][arm]["constant"]
+        assert 0 < constant["l1_band_median"] < 1 and 0 < constant["l1_band_mean"] < 1
+        assert f"| {arm} | 2 | {results['pretrain'][arm]['val/loss']:.4f} |" in table
     assert (out / "results.png").stat().st_size > 5_000
     # A second start reuses every finished run.
     again = pretraining_benefit.main([*args, "--data-dir", data_dir, "--cpu-devices", "0"])
     assert again["wall_time_s"] < results["wall_time_s"]
+    assert again["runs_wall_time_s"] == results["runs_wall_time_s"]  # the reused runs' own times
