@@ -121,6 +121,7 @@ def plan(args) -> dict[str, Any]:
             "data.sampler.centre_size": args.context // 2,
             "total_steps": args.finetune_steps,
             "optim.warmup_steps": max(1, args.finetune_steps // 10),
+            **({"optim.learning_rate": args.finetune_lr} if args.finetune_lr > 0 else {}),
             "checkpoint.every_steps": args.finetune_steps,
             "val.write_pictures_every": 0,
         },
@@ -312,6 +313,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--pretrain-steps", type=int, default=150)
     p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--context", type=int, default=128, help="model input / crop side (px)")
+    p.add_argument(
+        "--finetune-lr",
+        type=float,
+        default=0.0,
+        help="fine-tuning learning rate (0 = the demo recipe's; the 2026-12-01 table used 2e-3)",
+    )
     p.add_argument("--data-dir", default="", help="TFDS data dir (default: the configs')")
     p.add_argument("--cpu-devices", type=int, default=2, help="XLA CPU devices (0 = leave)")
     args = p.parse_args(argv)
