@@ -143,11 +143,11 @@ def constant_predictor_l1(config, batches: int = 20) -> dict[str, float]:
 
     task = tasks.get_task(config)
     sources = task.prepare_data()
-    train = task._iterator(sources[config.data.train_split], config.batch_size, 0)
+    train = task.train_iterator(sources, seed=0)
     optical = np.concatenate([np.asarray(next(train)["optical"]) for _ in range(batches)])
     bands = optical.reshape(-1, optical.shape[-1])
     median, mean = np.median(bands, axis=0), bands.mean(axis=0)
-    val = task._iterator(sources[config.data.val_split], config.val.batch_size, config.val.seed)
+    val = task.val_iterator(sources)
     l1_median, l1_mean = [], []
     for _ in range(config.val.num_batches):
         target = np.asarray(next(val)["optical"])

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ssl4sar_jax.array_utils import nonzero_box
 from ssl4sar_jax.constants import NUM_ZONE_CLASSES, ZONE_NAMES
 from ssl4sar_jax.registry import Registry
 
@@ -72,15 +73,13 @@ def front_points(front: np.ndarray) -> np.ndarray:
     front = np.asarray(front)
     if front.ndim != 2:
         raise ValueError(f"front must be [H, W], got shape {front.shape}")
-    rows = np.flatnonzero(front.any(axis=1))
-    if rows.size == 0:
+    box = nonzero_box(front)
+    if box is None:
         return np.zeros((0, 2), np.float64)
-    cols = np.flatnonzero(front.any(axis=0))
-    box = front[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    r, c = np.nonzero(box)
+    r, c = np.nonzero(front[box])
     points = np.empty((r.size, 2), np.float64)
-    points[:, 0] = r + rows[0]
-    points[:, 1] = c + cols[0]
+    points[:, 0] = r + box[0].start
+    points[:, 1] = c + box[1].start
     return points
 
 

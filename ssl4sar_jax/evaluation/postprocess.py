@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ssl4sar_jax.array_utils import nonzero_box
 from ssl4sar_jax.constants import GLACIER, OCEAN
 
 LENGTH_RULES = ("tyrion", "caffe")
@@ -127,10 +128,9 @@ def remove_short_fronts(front: np.ndarray, resolution_m: float, rule: str = "tyr
     out = np.zeros(front.shape, dtype=bool)
     # Fronts are thin: label only the bounding box of the front pixels (a component never
     # leaves it, so the labels and sizes are those of the full image).
-    rows, cols = np.flatnonzero(front.any(axis=1)), np.flatnonzero(front.any(axis=0))
-    if rows.size == 0:
+    box = nonzero_box(front)
+    if box is None:
         return out
-    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     labels, count = ndimage.label(front[box], structure=_EIGHT)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     keep = sizes >= threshold if rule == "tyrion" else sizes > threshold

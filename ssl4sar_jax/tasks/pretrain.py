@@ -74,9 +74,14 @@ class PretrainTask(base.Task):
     def train_iterator(self, sources, seed) -> Iterator[dict]:
         return self._iterator(sources[self.config.data.train_split], self.config.batch_size, seed)
 
+    def val_iterator(self, sources) -> Iterator[dict]:
+        """The validation batches: the same ones at every validation (``config.val.seed``)."""
+        val = self.config.val
+        return self._iterator(sources[self.config.data.val_split], val.batch_size, val.seed)
+
     def validate(self, sources, ctx: base.ValidationContext) -> dict[str, float]:
         val = self.config.val
-        iterator = self._iterator(sources[self.config.data.val_split], val.batch_size, val.seed)
+        iterator = self.val_iterator(sources)
         totals: dict[str, float] = {}
         for _ in range(val.num_batches):
             local = next(iterator)
