@@ -55,6 +55,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--devices", type=int, default=1, help="host devices for data parallelism")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "matmul_grad"))
+    p.add_argument(
+        "--upsample-impl",
+        default="subpixel",
+        choices=("subpixel", "plain"),
+        help="ModelConfig.upsample_impl (A/B of the decoder's sub-pixel upsampling)",
+    )
     p.add_argument("--remat", action="store_true")
     p.add_argument("--matmul-size", type=int, default=4096)
     p.add_argument("--skip", nargs="*", default=[], choices=("conv", "forward", "train"))
@@ -157,12 +163,15 @@ def compare_torch(args: argparse.Namespace) -> dict[str, object]:
         "rounds": args.rounds,
         "variant": args.variant,
         "conv_impl": args.conv_impl,
+        "upsample_impl": args.upsample_impl,
     }
     rows = []
 
     def run_dtype(dtype: str) -> int:
         """Times forward / train of one compute dtype; appends to rows and results."""
-        config = ModelConfig.named(args.variant, dtype=dtype, conv_impl=args.conv_impl)
+        config = ModelConfig.named(
+            args.variant, dtype=dtype, conv_impl=args.conv_impl, upsample_impl=args.upsample_impl
+        )
         # One jitted init (one compilation) instead of one per parameter shape eagerly.
         model = nnx.jit(lambda: SSL4SARSegmenter(config, rngs=nnx.Rngs(0)))()
         twin = torch_segmenter_from_jax(model)
@@ -361,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         "devices": args.devices,
         "dtype": args.dtype,
         "conv_impl": args.conv_impl,
+        "upsample_impl": args.upsample_impl,
         "remat": args.remat,
     }
 
@@ -392,8 +402,25 @@ def main(argv: list[str] | None = None) -> int:
             conv_rows.append((name, conv_s, conv_gflop / conv_s))
         results["conv3x3_fwd_bwd_gflops"] = {name: gf for name, _, gf in conv_rows}
 
+        # The decoder's last upsampling (96 channels, 256^2 -> 512^2), fwd + bwd: upsample then
+        # 3x3 conv vs the sub-pixel form (decoder.upsample2x_conv); both with matmul kernel grads.
+        from ssl4sar_jax.models.decoder import upsample2x_conv, upsample_nearest2x
+
+        for name, up in (
+            ("upsample plain", lambda x, k: conv2d_matmul_grad(upsample_nearest2x(x), k, 1)),
+            ("upsample subpixel", lambda x, k: upsample2x_conv(x, k, matmul_grad=True)),
+        ):
+            grad = jax.jit(jax.grad(lambda x, k, u=up: jnp.sum(u(x, k) ** 2), (0, 1)))
+            _, up_s, _, _ = compile_and_time(grad, x, k, iters=3, label=name)
+            # GFLOP/s of the plain form's FLOPs (4x the pixels), so the rows compare directly.
+            conv_rows.append((name, up_s, 4 * conv_gflop / up_s))
+
     config = ModelConfig.named(
-        args.variant, dtype=args.dtype, conv_impl=args.conv_impl, remat=args.remat
+        args.variant,
+        dtype=args.dtype,
+        conv_impl=args.conv_impl,
+        remat=args.remat,
+        upsample_impl=args.upsample_impl,
     )
     model = SSL4SARSegmenter(config, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model)
@@ -477,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     if conv_rows:
         table += [
             "",
-            "| conv 3x3 96->96, 2x256x256, fwd+bwd | step (s) | GFLOP/s |",
+            "| conv 3x3 96->96, 2x256x256, fwd+bwd (upsample rows: 2x256x256 -> 512x512, "
+            "plain-form FLOPs) | step (s) | GFLOP/s |",
             "|---|---|---|",
         ]
         table += [f"| {name} | {sec:.3f} | {gf:.1f} |" for name, sec, gf in conv_rows]

@@ -45,6 +45,37 @@ def test_values_and_gradients_match_xla(k, pad, cin, cout):
     np.testing.assert_allclose(np.asarray(dk1), np.asarray(dk2), atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize(
+    "k,padding", [(2, ((1, 1), (1, 1))), (2, ((0, 1), (1, 0))), (3, ((2, 0), (0, 1))), (1, 1)]
+)
+def test_any_padding_and_even_kernels_match_xla(k, padding):
+    """Asymmetric padding and even kernels take the col2im input gradient; compare with XLA."""
+    x, kernel, _ = _inputs(2, 9, 6, 5, k, seed=3)
+    pads = padding if not isinstance(padding, int) else ((padding, padding), (padding, padding))
+
+    def xla(x, w):
+        return jax.lax.conv_general_dilated(
+            x, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    out = xla(x, kernel)
+    cot = jnp.asarray(np.random.default_rng(4).standard_normal(out.shape), jnp.float32)
+
+    def loss(fn):
+        return lambda x, w: jnp.sum(fn(x, w) * cot)
+
+    ours = jax.jit(jax.value_and_grad(loss(lambda x, w: conv2d_matmul_grad(x, w, padding)), (0, 1)))
+    ref = jax.jit(jax.value_and_grad(loss(xla), (0, 1)))
+    (v1, (dx1, dk1)), (v2, (dx2, dk2)) = ours(x, kernel), ref(x, kernel)
+    assert conv2d_matmul_grad(x, kernel, padding).shape == out.shape
+    np.testing.assert_allclose(float(v1), float(v2), rtol=1e-6)
+    assert float(jnp.max(jnp.abs(dx2))) > 0.1
+    np.testing.assert_allclose(np.asarray(dx1), np.asarray(dx2), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(dk1), np.asarray(dk2), atol=1e-5 * float(jnp.max(jnp.abs(dk2)))
+    )
+
+
 def test_dispatch_only_for_same_padding_stride_one():
     x, kernel, _ = _inputs(1, 8, 4, 4, 3)
     # Strided or unpadded convs fall back to XLA; results agree either way.

@@ -183,8 +183,9 @@ def test_resnet_block_dropout_only_with_rngs():
     assert float(jnp.max(jnp.abs(a - c))) > 1e-3
 
 
-def test_upsample_matches_torch():
-    up = Upsample(32, rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("subpixel", [False, True])
+def test_upsample_matches_torch(subpixel):
+    up = Upsample(32, subpixel=subpixel, rngs=nnx.Rngs(0))
     randomize_params(up, 1)
     x = np.random.default_rng(1).standard_normal((2, 7, 5, 32)).astype(np.float32)
     ours = np.asarray(up(jnp.asarray(x)))

@@ -9,10 +9,11 @@ kernel gradient is computed as ``kh * kw`` shifted matmuls::
     dK[i, j] = sum_b sum_{y, x} pad(x)[b, y + i, x + j, :]^T  g[b, y, x, :]     [Cin, Cout]
 
 This is the same sum XLA computes, in a different order, so the gradients agree to float32
-rounding. It only supports stride 1 with symmetric "same" padding (every 3x3 and 1x1 conv of
-the decoder). It is selected by `ModelConfig.conv_impl` ("auto" = CPU backend only) and reaches
-the model's ``nnx.Conv`` layers as their injected ``conv_general_dilated``
-(`conv_general_dilated_matmul_grad`).
+rounding. It supports stride 1, undilated, with any kernel size and any zero padding (every
+3x3 and 1x1 conv of the decoder, and the 2x2 phase convolution of its sub-pixel upsampling,
+`ssl4sar_jax.models.decoder.upsample2x_conv`). It is selected by `ModelConfig.conv_impl`
+("auto" = CPU backend only) and reaches the model's ``nnx.Conv`` layers as their injected
+``conv_general_dilated`` (`conv_general_dilated_matmul_grad`).
 """
 
 from __future__ import annotations
@@ -49,35 +50,62 @@ def conv2d_xla(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv2d_matmul_grad(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+PaddingPairs = tuple[tuple[int, int], tuple[int, int]]
+
+
+def padding_pairs(padding: int | Sequence[Sequence[int]]) -> PaddingPairs:
+    """``p`` or ``((top, bottom), (left, right))`` -> ``((top, bottom), (left, right))``."""
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    (top, bottom), (left, right) = padding
+    return ((int(top), int(bottom)), (int(left), int(right)))
+
+
+def _conv_padded(x: jax.Array, kernel: jax.Array, padding: PaddingPairs) -> jax.Array:
+    return lax.conv_general_dilated(
+        x, kernel, window_strides=(1, 1), padding=padding, dimension_numbers=_DIMENSION_NUMBERS
+    )
+
+
+def conv2d_matmul_grad(
+    x: jax.Array, kernel: jax.Array, padding: int | Sequence[Sequence[int]]
+) -> jax.Array:
     """Stride-1 convolution whose kernel gradient is a sum of shifted matmuls.
 
     Args:
         x: Input ``[B, H, W, Cin]``.
-        kernel: Kernel ``[kh, kw, Cin, Cout]`` with ``kh == kw == 2 * padding + 1``.
-        padding: Symmetric zero padding ("same" output size).
+        kernel: Kernel ``[kh, kw, Cin, Cout]`` of any size.
+        padding: Zero padding, ``p`` on every side or ``((top, bottom), (left, right))``.
 
     Returns:
-        ``[B, H, W, Cout]``; values and gradients equal `conv2d_xla` up to float32 rounding.
+        ``[B, H + top + bottom - kh + 1, W + left + right - kw + 1, Cout]``; values and
+        gradients equal XLA's convolution up to float32 rounding.
     """
-    return conv2d_xla(x, kernel, 1, padding)
+    return _conv2d_matmul_grad(x, kernel, padding_pairs(padding))
 
 
-def _fwd(x: jax.Array, kernel: jax.Array, padding: int):
-    return conv2d_xla(x, kernel, 1, padding), (x, kernel)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv2d_matmul_grad(x: jax.Array, kernel: jax.Array, padding: PaddingPairs) -> jax.Array:
+    return _conv_padded(x, kernel, padding)
 
 
-def _bwd(padding: int, residuals, g: jax.Array):
+def _fwd(x: jax.Array, kernel: jax.Array, padding: PaddingPairs):
+    return _conv_padded(x, kernel, padding), (x, kernel)
+
+
+def _bwd(padding: PaddingPairs, residuals, g: jax.Array):
     x, kernel = residuals
-    # Input gradient: XLA's transposed convolution is already fast on CPU.
-    _, input_vjp = jax.vjp(lambda inp: conv2d_xla(inp, kernel, 1, padding), x)
-    (dx,) = input_vjp(g)
     kh, kw, cin, cout = kernel.shape
+    if kh == kw and kh % 2 == 1 and padding == padding_pairs(kh // 2):
+        # Input gradient of a "same" convolution: XLA's transposed convolution is fast on CPU.
+        _, input_vjp = jax.vjp(lambda inp: _conv_padded(inp, kernel, padding), x)
+        (dx,) = input_vjp(g)
+    else:
+        dx = _input_grad_col2im(g, kernel, padding, x.shape)
     height, width = g.shape[1], g.shape[2]
     batch = x.shape[0]
     g2 = g.reshape(batch, height * width, cout)
-    if kh == kw == 1:  # 1x1: a single matmul, no padding or shifting
+    if kh == kw == 1 and padding == ((0, 0), (0, 0)):  # a single matmul, no shifting
         per_sample = lax.dot_general(
             x.reshape(batch, height * width, cin),
             g2,
@@ -85,7 +113,7 @@ def _bwd(padding: int, residuals, g: jax.Array):
             preferred_element_type=jnp.float32,
         )
         return dx.astype(x.dtype), per_sample.sum(axis=0).reshape(kernel.shape).astype(kernel.dtype)
-    x_padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    x_padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
 
     def tap(offset: jax.Array) -> jax.Array:
         shifted = lax.dynamic_slice(
@@ -106,7 +134,31 @@ def _bwd(padding: int, residuals, g: jax.Array):
     return dx.astype(x.dtype), dk
 
 
-conv2d_matmul_grad.defvjp(_fwd, _bwd)
+def _input_grad_col2im(
+    g: jax.Array, kernel: jax.Array, padding: PaddingPairs, x_shape: tuple[int, ...]
+) -> jax.Array:
+    """Input gradient as one matmul plus a shifted sum ("col2im").
+
+    ``y[p] = sum_t pad(x)[p + t] K[t]`` gives ``d pad(x)[p + t] += g[p] K[t]^T``: one
+    ``[B*H'*W', Cout] @ [Cout, kh*kw*Cin]`` matmul, then each tap's slice added at its offset.
+    Used where XLA's CPU transposed convolution is slow (measured 39 GFLOP/s for the 2x2,
+    384 -> 96 channel phase convolution of the sub-pixel upsampling, vs ~130 for a matmul).
+    """
+    kh, kw, cin, _ = kernel.shape
+    (top, bottom), (left, right) = padding
+    per_tap = jnp.einsum("bhwo,ijco->bhwijc", g, kernel, preferred_element_type=jnp.float32)
+    dx_padded = None
+    for i in range(kh):
+        for j in range(kw):
+            shifted = jnp.pad(
+                per_tap[:, :, :, i, j], ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0))
+            )
+            dx_padded = shifted if dx_padded is None else dx_padded + shifted
+    height, width = x_shape[1], x_shape[2]
+    return dx_padded[:, top : top + height, left : left + width].astype(g.dtype)
+
+
+_conv2d_matmul_grad.defvjp(_fwd, _bwd)
 
 
 def conv_general_dilated_matmul_grad(

@@ -27,8 +27,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 from ssl4sar_jax.models.config import ModelConfig
+from ssl4sar_jax.models.cpu_conv import conv2d_matmul_grad
 from ssl4sar_jax.models.layers import conv2d_layer, group_norm
 
 
@@ -75,18 +77,96 @@ def upsample_nearest2x(x: jax.Array) -> jax.Array:
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
+def _phase_taps(k: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """Splits the 3 taps of ``k`` along ``axis`` into the 2-tap filters of the two output phases.
+
+    Nearest x2 upsampling repeats low-resolution row ``i`` at rows ``2i`` and ``2i + 1``. A
+    3-tap filter at even output row ``2i`` reads rows ``2i-1, 2i, 2i+1`` = low-res rows
+    ``i-1, i, i``, i.e. taps ``(k0, k1 + k2)`` on rows ``(i-1, i)``; at odd row ``2i + 1`` it
+    reads low-res rows ``i, i, i+1``: taps ``(k0 + k1, k2)`` on rows ``(i, i+1)``.
+    """
+    k0, k1, k2 = (jnp.take(k, i, axis=axis) for i in range(3))
+    return jnp.stack([k0, k1 + k2], axis), jnp.stack([k0 + k1, k2], axis)
+
+
+def upsample2x_conv(x: jax.Array, kernel: jax.Array, *, matmul_grad: bool = False) -> jax.Array:
+    """``conv3x3(upsample_nearest2x(x), kernel)`` (padding 1) computed at low resolution.
+
+    Sub-pixel form of the same operator: each of the four output phases ``(a, b)`` (row and
+    column parity) is a 2x2 convolution of ``x`` whose taps are sums of the 3x3 taps
+    (`_phase_taps`). All four run as one 2x2 convolution with ``4 * Cout`` output channels on
+    ``x`` padded by 1, whose ``(H+1) x (W+1)`` output holds phase ``(a, b)`` at offset
+    ``(a, b)``; the phases are then interleaved. 16 instead of 36 multiply-adds per input
+    pixel and channel pair (2.25x fewer FLOPs), no 4x-larger upsampled tensor, and no
+    upsampling reduction in the backward pass. Equal to the plain form up to float32
+    rounding (tests/test_models_decoder.py).
+
+    Args:
+        x: ``[B, H, W, Cin]``.
+        kernel: ``[3, 3, Cin, Cout]`` (the plain form's kernel; parameters are unchanged).
+        matmul_grad: Kernel gradient as shifted matmuls (`cpu_conv.conv2d_matmul_grad`).
+
+    Returns:
+        ``[B, 2H, 2W, Cout]`` without bias.
+    """
+    if kernel.shape[:2] != (3, 3):
+        raise ValueError(f"upsample2x_conv needs a 3x3 kernel, got {kernel.shape}")
+    batch, height, width, cin = x.shape
+    cout = kernel.shape[-1]
+    # taps[ry, rx, Cin, a, b, Cout]: the 2x2 filter of output phase (a, b).
+    taps = jnp.stack(
+        [jnp.stack(_phase_taps(rows, 1), axis=-2) for rows in _phase_taps(kernel, 0)], axis=-3
+    )
+    taps = taps.reshape(2, 2, cin, 4 * cout)
+    if matmul_grad:
+        z = conv2d_matmul_grad(x, taps, 1)
+    else:
+        z = lax.conv_general_dilated(
+            x, taps, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    # One axis split or merged per reshape, so a batch-sharded input keeps an inferable
+    # sharding (see models/swinv2.py).
+    z = z.reshape(batch, height + 1, width + 1, 2, 2 * cout)
+    z = z.reshape(batch, height + 1, width + 1, 2, 2, cout)
+    out_rows = [
+        jnp.stack([z[:, a : a + height, b : b + width, a, b] for b in range(2)], axis=3)
+        for a in range(2)
+    ]  # each [B, H, W, 2 (b), Cout]
+    y = jnp.stack(out_rows, axis=2)  # [B, H, 2 (a), W, 2 (b), Cout]
+    y = y.reshape(batch, height, 2, 2 * width, cout)
+    return y.reshape(batch, 2 * height, 2 * width, cout)
+
+
 class Upsample(nnx.Module):
-    """Nearest x2 followed by a 3x3 conv (same channels)."""
+    """Nearest x2 followed by a 3x3 conv (same channels).
+
+    ``subpixel=True`` computes the same operator at low resolution (`upsample2x_conv`);
+    the parameters (``conv.kernel``, ``conv.bias``) are the same either way.
+    """
 
     def __init__(
-        self, channels: int, *, dtype: Any = None, matmul_grad: bool = False, rngs: nnx.Rngs
+        self,
+        channels: int,
+        *,
+        dtype: Any = None,
+        matmul_grad: bool = False,
+        subpixel: bool = False,
+        rngs: nnx.Rngs,
     ):
         self.conv = conv2d_layer(
             channels, channels, 3, padding=1, dtype=dtype, matmul_grad=matmul_grad, rngs=rngs
         )
+        self.subpixel = subpixel
+        self.matmul_grad = matmul_grad
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.conv(upsample_nearest2x(x))
+        if not self.subpixel:
+            return self.conv(upsample_nearest2x(x))
+        # nnx.Conv's dtype promotion: inputs and parameters in the compute dtype.
+        x, kernel, bias = self.conv.promote_dtype(
+            (x, self.conv.kernel[...], self.conv.bias[...]), dtype=self.conv.dtype
+        )
+        return upsample2x_conv(x, kernel, matmul_grad=self.matmul_grad) + bias
 
 
 class ResUpBlock(nnx.Module):
@@ -101,6 +181,7 @@ class ResUpBlock(nnx.Module):
         dropout: float,
         dtype: Any = None,
         matmul_grad: bool = False,
+        subpixel: bool = False,
         rngs: nnx.Rngs,
     ):
         self.block = ResnetBlock(
@@ -112,7 +193,9 @@ class ResUpBlock(nnx.Module):
             rngs=rngs,
         )
         self.up = (
-            Upsample(out_channels, dtype=dtype, matmul_grad=matmul_grad, rngs=rngs)
+            Upsample(
+                out_channels, dtype=dtype, matmul_grad=matmul_grad, subpixel=subpixel, rngs=rngs
+            )
             if upsample
             else None
         )
@@ -134,15 +217,16 @@ class Decoder(nnx.Module):
             matmul_grad=config.use_matmul_grad_conv(),
             rngs=rngs,
         )
+        up = dict(common, subpixel=config.upsample_impl == "subpixel")
         blocks = [
             ResUpBlock(config.bottleneck_dim, config.bottleneck_dim, upsample=False, **common)
         ]
         for i in reversed(range(config.num_stages)):
             dim = config.stage_dim(i)
             out = dim // 2 if i != 0 else dim
-            blocks.append(ResUpBlock(2 * dim, out, upsample=True, **common))
+            blocks.append(ResUpBlock(2 * dim, out, upsample=True, **up))
         for _ in range(config.num_extra_upsample_blocks):
-            blocks.append(ResUpBlock(config.embed_dim, config.embed_dim, upsample=True, **common))
+            blocks.append(ResUpBlock(config.embed_dim, config.embed_dim, upsample=True, **up))
         self.blocks = nnx.List(blocks)
         self.num_stages = config.num_stages
 
