@@ -103,6 +103,28 @@ _ISA_FLAGS = (
 )
 
 
+def sgd_train_step(graphdef):
+    """``(tx, step)``: the benchmarks' SGD (momentum 0.9, weight decay 1e-4) and its train step
+    ``step(params, opt_state, sar, labels, key) -> (params, opt_state, loss)`` (cross-entropy,
+    decoder dropout on). Shared by the torch comparison, the plain timing and op_profile.py."""
+    import jax
+    import optax
+    from flax import nnx
+
+    tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))
+
+    def loss_fn(p, x, y, key):
+        logits = nnx.merge(graphdef, p)(x, rngs=nnx.Rngs(dropout=key))["logits"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def step(p, opt, x, y, key):
+        loss, grads = jax.value_and_grad(loss_fn)(p, x, y, key)
+        updates, opt = tx.update(grads, opt, p)
+        return optax.apply_updates(p, updates), opt, loss
+
+    return tx, step
+
+
 def cpu_description() -> dict[str, object]:
     """CPU model name, core count and the ISA flags that matter for matmul speed."""
     model, flags = "unknown", set()
@@ -131,7 +153,6 @@ def compare_torch(args: argparse.Namespace) -> dict[str, object]:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
     import torch
     from flax import nnx
     from jax.sharding import NamedSharding
@@ -205,17 +226,8 @@ def compare_torch(args: argparse.Namespace) -> dict[str, object]:
 
             timers["forward"] = (jax_fwd, torch_fwd)
         if "train" in args.measure:
-            tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))
+            tx, step = sgd_train_step(graphdef)
             state = {"params": params, "opt": jax.device_put(tx.init(params), replicated)}
-
-            def loss_fn(p, x, y, key):
-                logits = nnx.merge(graphdef, p)(x, rngs=nnx.Rngs(dropout=key))["logits"]
-                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-            def step(p, opt, x, y, key):
-                loss, grads = jax.value_and_grad(loss_fn)(p, x, y, key)
-                updates, opt = tx.update(grads, opt, p)
-                return optax.apply_updates(p, updates), opt, loss
 
             key = jax.random.key(0)
             t0 = time.perf_counter()
@@ -307,7 +319,6 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
     from flax import nnx
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
@@ -453,18 +464,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. Train step: forward + backward + SGD with momentum and weight decay.
     if "train" not in args.skip:
-        tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))
+        tx, step = sgd_train_step(graphdef)
         opt_state = jax.device_put(tx.init(params), replicated)
-
-        def loss_fn(params, sar, labels, key):
-            logits = nnx.merge(graphdef, params)(sar, rngs=nnx.Rngs(dropout=key))["logits"]
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-        @jax.jit
-        def train_step(params, opt_state, sar, labels, key):
-            loss, grads = jax.value_and_grad(loss_fn)(params, sar, labels, key)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
+        train_step = jax.jit(step)
 
         key = jax.random.key(0)
         # Not donated, so every timed call starts from the same parameters.

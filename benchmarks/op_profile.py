@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
     from flax import nnx
+    from model_speed import sgd_train_step  # this folder is sys.path[0]
 
     from ssl4sar_jax.models import ModelConfig, SSL4SARSegmenter
 
@@ -70,16 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     sar = jnp.asarray(rng.uniform(size=(args.batch, size, size, 1)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, config.num_classes, (args.batch, size, size)), jnp.int32)
     key = jax.random.key(0)
-    tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))
-
-    def loss_fn(p, x, y, k):
-        logits = nnx.merge(graphdef, p)(x, rngs=nnx.Rngs(dropout=k))["logits"]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    def train_step(p, opt, x, y, k):
-        loss, grads = jax.value_and_grad(loss_fn)(p, x, y, k)
-        updates, opt = tx.update(grads, opt, p)
-        return optax.apply_updates(p, updates), opt, loss
+    tx, train_step = sgd_train_step(graphdef)
 
     def forward(p, x):
         return nnx.merge(graphdef, p)(x)["logits"]
