@@ -174,12 +174,21 @@ def numpy_predictor(
     """Wrap a jitted predict into numpy ``[N, S, S, 1] -> [N, S, S, K]`` with a fixed batch.
 
     Inputs are padded to ``batch_size`` (one compilation). With several processes every process
-    passes the same tiles; each contributes its slice and the output is gathered.
+    passes the same tiles; each contributes its slice and the output is gathered. In a single
+    process, a call with exactly one full batch returns the jax array as dispatched (not yet
+    computed), which lets the tiled inference (`ssl4sar_jax.evaluation.ensemble`) overlap its
+    host work with the model; ``np.asarray`` of it waits for the result.
     """
     processes = jax.process_count()
 
-    def predict_fn(tiles: np.ndarray) -> np.ndarray:
+    def predict_fn(tiles: np.ndarray) -> np.ndarray | jax.Array:
         tiles = np.asarray(tiles, np.float32)
+        if processes == 1 and len(tiles) == batch_size:
+            # One full batch (what the tiled inference passes): the device array, not waited
+            # for, so the caller stitches the previous batch while this one runs.
+            return predict_jit(
+                params, rest, sharding_lib.make_global_batch({"sar": tiles}, mesh)["sar"]
+            )
         outputs = []
         for start in range(0, len(tiles), batch_size):
             chunk, count = array_utils.pad_batch(tiles[start : start + batch_size], batch_size)

@@ -54,3 +54,32 @@ def test_wrong_logit_shape_still_names_the_image():
             stride=16,
             name="scene_7",
         )
+
+
+def test_numpy_predictor_returns_dispatched_arrays_for_full_batches():
+    # A full batch comes back as the jax array (the tiled inference waits for it only after
+    # dispatching the next one); other sizes as numpy. Values and stitched maps are identical.
+    from ssl4sar_jax import sharding as sharding_lib
+    from ssl4sar_jax import steps
+
+    mesh = sharding_lib.make_mesh([("data", -1)], jax.devices()[:2])
+    predict_jit = jax.jit(lambda params, rest, sar: _model(sar) * params["scale"] + rest["shift"])
+    params, rest = {"scale": jnp.float32(2.0)}, {"shift": jnp.float32(0.5)}
+    fn = steps.numpy_predictor(predict_jit, params, rest, mesh, batch_size=4)
+    tiles = np.random.default_rng(1).random((4, 32, 32, 1), dtype=np.float32)
+    expected = np.asarray(_model(tiles)) * 2.0 + 0.5
+    full = fn(tiles)
+    assert isinstance(full, jax.Array) and full.sharding.mesh.size == 2
+    np.testing.assert_allclose(np.asarray(full), expected, rtol=1e-6)
+    partial = fn(tiles[:3])
+    assert isinstance(partial, np.ndarray)
+    np.testing.assert_allclose(partial, expected[:3], rtol=1e-6)
+    longer = fn(np.concatenate([tiles, tiles[:1]]))
+    assert isinstance(longer, np.ndarray) and longer.shape == (5, 32, 32, 4)
+    np.testing.assert_allclose(longer[4], expected[0], rtol=1e-6)
+
+    image = np.random.default_rng(2).random((70, 90, 1), dtype=np.float32)
+    kwargs = dict(context=32, centre=16, stride=8, batch_size=4)
+    synchronous = predict_probabilities(lambda t: np.asarray(fn(t)), image, prefetch=0, **kwargs)
+    piped = predict_probabilities(fn, image, prefetch=2, **kwargs)
+    np.testing.assert_array_equal(synchronous, piped)

@@ -10,7 +10,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ssl4sar_jax.models import ModelConfig, SSL4SARSegmenter
+from ssl4sar_jax.models import ModelConfig, SSL4SARSegmenter, cpu_conv
 from ssl4sar_jax.models.cpu_conv import (
     conv2d,
     conv2d_matmul_grad,
@@ -28,9 +28,16 @@ def _inputs(batch, size, cin, cout, k, seed=0):
     return x, kernel, cot
 
 
+# Sizes on both sides of the kernel gradient's switch between one joint (batch, pixels)
+# contraction (small maps) and per-sample matmuls + a batch sum (large maps).
+SMALL, LARGE = 10, 20
+assert SMALL**2 <= cpu_conv._JOINT_CONTRACTION_MAX_PIXELS < LARGE**2
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE])
 @pytest.mark.parametrize("k,pad,cin,cout", [(3, 1, 8, 12), (1, 0, 16, 4), (5, 2, 4, 4)])
-def test_values_and_gradients_match_xla(k, pad, cin, cout):
-    x, kernel, cot = _inputs(2, 10, cin, cout, k)
+def test_values_and_gradients_match_xla(k, pad, cin, cout, size):
+    x, kernel, cot = _inputs(2, size, cin, cout, k)
 
     def loss(fn):
         return lambda x, w: jnp.sum(fn(x, w) * cot)
@@ -133,16 +140,30 @@ def test_nnx_conv_with_injected_matmul_grad_equals_plain_conv(k, stride, pad):
     assert ("custom_vjp" in jaxpr) == (stride == 1 and k == 2 * pad + 1)
 
 
-def test_gradient_under_batch_sharding():
-    # Data parallel over 2 devices of an Explicit-axes mesh (jax.make_mesh default).
-    mesh = jax.make_mesh((2,), ("data",), devices=jax.devices()[:2])
-    x, kernel, cot = _inputs(4, 8, 8, 8, 3, seed=1)
+@pytest.mark.parametrize("size", [SMALL, LARGE])
+@pytest.mark.parametrize("axis_type", ["Explicit", "Auto"])
+@pytest.mark.parametrize("k,pad", [(3, 1), (1, 0)])
+def test_gradient_under_batch_sharding(axis_type, size, k, pad):
+    # Data parallel over 2 devices: Explicit axes (jax.make_mesh's default) and Auto axes (the
+    # training mesh, ssl4sar_jax.sharding.make_mesh); the kernel gradient must be the full-batch
+    # gradient, replicated.
+    mesh = jax.make_mesh(
+        (2,),
+        ("data",),
+        devices=jax.devices()[:2],
+        axis_types=(getattr(jax.sharding.AxisType, axis_type),),
+    )
+    x, kernel, cot = _inputs(4, size, 8, 6, k, seed=1)
 
-    def grads(x, w, c):
-        return jax.grad(lambda w: jnp.sum(conv2d_matmul_grad(x, w, 1) * c))(w)
+    def grads(fn):
+        return lambda x, w, c: jax.grad(lambda w: jnp.sum(fn(x, w) * c))(w)
 
-    expected = jax.jit(grads)(x, kernel, cot)
+    expected = jax.jit(grads(lambda x, w: conv2d_xla(x, w, 1, pad)))(x, kernel, cot)
+    sharded = NamedSharding(mesh, P("data"))
     with jax.set_mesh(mesh):
-        sharded = NamedSharding(mesh, P("data"))
-        got = jax.jit(grads)(jax.device_put(x, sharded), kernel, jax.device_put(cot, sharded))
-    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-4)
+        got = jax.jit(grads(lambda x, w: conv2d_matmul_grad(x, w, pad)))(
+            jax.device_put(x, sharded), kernel, jax.device_put(cot, sharded)
+        )
+    assert got.sharding.is_fully_replicated
+    scale = float(jnp.max(jnp.abs(expected)))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5 * scale)

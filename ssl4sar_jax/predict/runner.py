@@ -188,9 +188,9 @@ def load_predictors(config: ml_collections.ConfigDict) -> tuple[list[PredictFn],
 
         # Not steps.numpy_predictor: that one makes every process pass the same tiles and gathers
         # the outputs, while here each process predicts its own scenes on its local devices.
-        def predict_fn(tiles: np.ndarray, member=member) -> np.ndarray:
+        def predict_fn(tiles: np.ndarray, member=member) -> np.ndarray | jax.Array:
             tiles = np.asarray(tiles, np.float32)
-            out = []
+            dispatched = []
             for start in range(0, len(tiles), batch_size):
                 chunk = tiles[start : start + batch_size]
                 n = len(chunk)
@@ -198,9 +198,12 @@ def load_predictors(config: ml_collections.ConfigDict) -> tuple[list[PredictFn],
                     chunk = np.concatenate(
                         [chunk, np.zeros((batch_size - n, *chunk.shape[1:]), np.float32)]
                     )
-                logits = predict_jit(member, rest, jax.device_put(chunk, batch_sh))
-                out.append(np.asarray(logits)[:n])
-            return np.concatenate(out)
+                dispatched.append((predict_jit(member, rest, jax.device_put(chunk, batch_sh)), n))
+            if len(dispatched) == 1 and dispatched[0][1] == batch_size:
+                # One full batch (what the tiled inference passes): return the device array
+                # without waiting, so the caller stitches the previous batch while this one runs.
+                return dispatched[0][0]
+            return np.concatenate([np.asarray(logits)[:n] for logits, n in dispatched])
 
         fns.append(predict_fn)
         logging.info("loaded ensemble member %s", path)
