@@ -88,14 +88,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.optim.schedule = "warmup_cosine"
         c.optim.warmup_steps = 30
         c.optim.end_lr_factor = 0.02
+        # * 600 steps: the 300 of earlier versions ended at mean zone IoU ~0.66 and still
+        #   improving; the faster CPU kernel gradient (models/cpu_conv.py) paid for the rest.
         c.batch_size = 8
-        c.total_steps = 300
+        c.total_steps = 600
         c.log_every_steps = 25
-        c.val.every_steps = 150
+        c.val.every_steps = 300
         c.val.at_start = False
         c.val.batch_size = 32
         c.val.write_pictures_every = 1
-        c.checkpoint.every_steps = 150
+        c.checkpoint.every_steps = 300
     elif variant == "smoke":
         common.small_run(c, demo=False)
         c.data.sampler = _sampler(centre_size=32)
