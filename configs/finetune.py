@@ -47,6 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss.dice_weights = (0.5, 0.5)
     c.loss.label_smoothing = 0.1
     c.loss.smoothing_mode = "reference"  # eps/(K-1) per wrong class; "pytorch" = eps/K
+    # Per-class weights (NA, rock, glacier, ocean) of the cross-entropy terms; () = unweighted
+    # (the reference). E.g. "(1, 1, 1, 2)" doubles the weight of ocean / ice-melange pixels.
+    c.loss.class_weights = ()
     c.loss.dice_group_size = 16  # Dice per reference GPU micro-batch; 0 = whole micro-batch
 
     c.optim = common.sgd(learning_rate=0.01, plateau=False)  # constant LR (reference)

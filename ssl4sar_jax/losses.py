@@ -35,6 +35,7 @@ def smooth_cross_entropy(
     labels: jax.Array,
     eps: float = 0.1,
     off_class_mode: str = "reference",
+    class_weights: tuple[float, ...] | None = None,
 ) -> jax.Array:
     """Label-smoothed cross-entropy averaged over every pixel (TYRION ``ClassWiseSmoothCE``).
 
@@ -45,11 +46,19 @@ def smooth_cross_entropy(
         off_class_mode: ``"reference"`` puts ``eps/(K-1)`` on each wrong class (TYRION, the true
             class keeps ``1-eps``); ``"pytorch"`` uses ``torch.nn.CrossEntropyLoss``'s
             ``label_smoothing`` convention (``eps/K`` everywhere plus ``1-eps`` on the true class).
+        class_weights: Optional ``K`` weights, one per *true* class: each pixel's loss is scaled by
+            the weight of its label and the mean is taken over those weights (the convention of
+            ``torch.nn.CrossEntropyLoss(weight=...)``), so the loss keeps its scale. ``None`` (the
+            reference) is the plain mean, identical to all-ones weights.
 
     Returns:
         Scalar float32 mean loss.
     """
     num_classes = logits.shape[-1]
+    if class_weights is not None and len(class_weights) != num_classes:
+        raise ValueError(
+            f"class_weights has {len(class_weights)} entries, the logits have {num_classes} classes"
+        )
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     if off_class_mode == "reference":
@@ -58,7 +67,11 @@ def smooth_cross_entropy(
         target = one_hot * (1.0 - eps) + eps / num_classes
     else:
         raise ValueError(f"off_class_mode must be 'reference' or 'pytorch', got {off_class_mode!r}")
-    return -jnp.mean(jnp.sum(target * log_probs, axis=-1))
+    per_pixel = -jnp.sum(target * log_probs, axis=-1)
+    if class_weights is None:
+        return jnp.mean(per_pixel)
+    pixel_weights = jnp.asarray(class_weights, jnp.float32)[labels]
+    return jnp.sum(pixel_weights * per_pixel) / jnp.maximum(jnp.sum(pixel_weights), 1e-12)
 
 
 def soft_dice_loss(
@@ -106,6 +119,7 @@ def finetune_loss(
     label_smoothing: float = 0.1,
     smoothing_mode: str = "reference",
     dice_group_size: int = 0,
+    class_weights: tuple[float, ...] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Context/centre fine-tuning loss of TYRION (``TyrionWrapper.calculate_loss``).
 
@@ -118,6 +132,9 @@ def finetune_loss(
         label_smoothing: Cross-entropy smoothing ``eps``.
         smoothing_mode: See :func:`smooth_cross_entropy`.
         dice_group_size: See :func:`soft_dice_loss`.
+        class_weights: Per-class weights of both cross-entropy terms (see
+            :func:`smooth_cross_entropy`); ``None`` = unweighted, as in the reference (the config says ``()``). Dice is
+            already a per-class mean and stays unweighted.
 
     Returns:
         ``(loss, metrics)`` with the four terms under ``ce_img``, ``ce_context``, ``dice_img``,
@@ -129,9 +146,11 @@ def finetune_loss(
     centre_zones = centre_crop(zones, centre_size)
     terms = {
         "ce_img": smooth_cross_entropy(
-            centre_logits, centre_zones, label_smoothing, smoothing_mode
+            centre_logits, centre_zones, label_smoothing, smoothing_mode, class_weights
         ),
-        "ce_context": smooth_cross_entropy(logits, zones, label_smoothing, smoothing_mode),
+        "ce_context": smooth_cross_entropy(
+            logits, zones, label_smoothing, smoothing_mode, class_weights
+        ),
         "dice_img": soft_dice_loss(centre_logits, centre_zones, group_size=dice_group_size),
         "dice_context": soft_dice_loss(logits, zones, group_size=dice_group_size),
     }

@@ -60,6 +60,57 @@ def test_smooth_ce_pytorch_mode_matches_torch_label_smoothing(sample):
     assert abs(float(reference) - float(got)) > 1e-4  # the two conventions differ
 
 
+def test_class_weighted_ce_matches_torch_weighted_cross_entropy(sample):
+    logits, labels = sample
+    weights = (0.5, 1.0, 2.0, 4.0)
+    # PyTorch convention: loss_i scaled by w[y_i], mean over the weights.
+    expected = torch.nn.functional.cross_entropy(
+        torch.from_numpy(logits).double().permute(0, 3, 1, 2),
+        torch.from_numpy(labels),
+        weight=torch.tensor(weights, dtype=torch.float64),
+        label_smoothing=0.0,
+    )
+    got = losses.smooth_cross_entropy(
+        jnp.asarray(logits), jnp.asarray(labels), 0.0, class_weights=weights
+    )
+    np.testing.assert_allclose(float(got), float(expected), rtol=1e-5)
+    # Smoothed: per-pixel smoothed CE of the reference, weighted by its label's weight.
+    t_logits = torch.from_numpy(logits).double()
+    k = 4
+    onehot = torch.nn.functional.one_hot(torch.from_numpy(labels), k).double()
+    soft = onehot * 0.9 + (1 - onehot) * 0.1 / (k - 1)
+    per_pixel = -(soft * torch.log_softmax(t_logits, dim=-1)).sum(-1)
+    w = torch.tensor(weights, dtype=torch.float64)[torch.from_numpy(labels)]
+    smoothed = losses.smooth_cross_entropy(
+        jnp.asarray(logits), jnp.asarray(labels), 0.1, class_weights=weights
+    )
+    np.testing.assert_allclose(float(smoothed), float((w * per_pixel).sum() / w.sum()), rtol=1e-5)
+    # All-equal weights are the unweighted (reference) loss, whatever their scale.
+    plain = losses.smooth_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), 0.1)
+    equal = losses.smooth_cross_entropy(
+        jnp.asarray(logits), jnp.asarray(labels), 0.1, class_weights=(3.0,) * 4
+    )
+    np.testing.assert_allclose(float(equal), float(plain), rtol=1e-6)
+    assert abs(float(smoothed) - float(plain)) > 1e-3
+    with pytest.raises(ValueError, match="3 entries"):
+        losses.smooth_cross_entropy(
+            jnp.asarray(logits), jnp.asarray(labels), class_weights=(1, 1, 1)
+        )
+
+
+def test_finetune_loss_class_weights_reach_both_ce_terms_only(sample):
+    logits, labels = sample
+    weights = (1.0, 1.0, 1.0, 3.0)
+    _, plain = losses.finetune_loss(jnp.asarray(logits), jnp.asarray(labels), centre_size=8)
+    _, weighted = losses.finetune_loss(
+        jnp.asarray(logits), jnp.asarray(labels), centre_size=8, class_weights=weights
+    )
+    for name in ("ce_img", "ce_context"):
+        assert abs(float(weighted[name]) - float(plain[name])) > 1e-4
+    for name in ("dice_img", "dice_context"):
+        np.testing.assert_allclose(float(weighted[name]), float(plain[name]))
+
+
 def test_smooth_ce_analytic_uniform_logits():
     # Uniform logits: log p = -log K for every class, so the loss is log K whatever eps.
     logits = jnp.zeros((1, 2, 2, 4))

@@ -121,6 +121,35 @@ def test_input_size_has_one_home(data_dir):
         tasks.get_task(config)
 
 
+def test_finetune_class_weights_from_config_reach_the_loss(data_dir):
+    config = micro_config("finetune", "smoke", data_dir)
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(2, 32, 32, 4)), jnp.float32)
+    batch = {
+        "sar": jnp.zeros((2, 32, 32, 1)),
+        "zones": jnp.asarray(rng.integers(0, 4, (2, 32, 32))),
+    }
+
+    def fixed_model(sar, rngs=None):
+        return {"logits": logits}
+
+    assert config.loss.class_weights == ()  # the reference: unweighted
+    plain_task = tasks.get_task(config)
+    assert plain_task.class_weights is None
+    plain_loss, plain = plain_task.loss_fn(fixed_model, batch, None)
+    config.loss.class_weights = (1.0, 1.0, 1.0, 4.0)
+    task = tasks.get_task(config)
+    assert task.class_weights == (1.0, 1.0, 1.0, 4.0)
+    weighted_loss, weighted = task.loss_fn(fixed_model, batch, None)
+    assert abs(float(weighted["ce_context"]) - float(plain["ce_context"])) > 1e-4
+    np.testing.assert_allclose(float(weighted["dice_context"]), float(plain["dice_context"]))
+    assert float(weighted_loss) != float(plain_loss)
+    for bad in [(1.0, 1.0, 1.0), (1.0, -1.0, 1.0, 1.0), (0.0, 0.0, 0.0, 0.0)]:
+        config.loss.class_weights = bad
+        with pytest.raises(ValueError, match="config.loss.class_weights must be 4 non-negative"):
+            tasks.get_task(config)
+
+
 def test_evaluation_and_steps_do_not_import_the_loop():
     import subprocess
     import sys

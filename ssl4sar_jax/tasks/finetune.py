@@ -59,6 +59,18 @@ class FinetuneTask(base.Task):
                 f"config.data.sampler.centre_size ({self.centre}) must be in "
                 f"(0, config.model.img_size = {self.context}]"
             )
+        weights = config.loss.get("class_weights")
+        # () or None: unweighted cross-entropy, as in the reference.
+        self.class_weights = tuple(float(w) for w in weights) if weights else None
+        if self.class_weights is not None and (
+            len(self.class_weights) != self.model_config.num_classes
+            or min(self.class_weights) < 0
+            or sum(self.class_weights) <= 0
+        ):
+            raise ValueError(
+                f"config.loss.class_weights must be {self.model_config.num_classes} non-negative "
+                f"weights (NA, rock, glacier, ocean) with a positive sum, got {weights!r}"
+            )
 
     def loss_fn(self, model: nnx.Module, batch, dropout_key):
         rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
@@ -73,6 +85,7 @@ class FinetuneTask(base.Task):
             label_smoothing=loss_cfg.label_smoothing,
             smoothing_mode=loss_cfg.smoothing_mode,
             dice_group_size=loss_cfg.dice_group_size,
+            class_weights=self.class_weights,
         )
 
     def batch_spec(self, batch_size):
