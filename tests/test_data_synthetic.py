@@ -123,3 +123,22 @@ def test_preview_is_written(tmp_path):
     assert out.stat().st_size > 10_000
     out = synthetic.save_ssl4sar_preview(tmp_path / "s.png", seed=0, glaciers=1)
     assert out.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("radius", [0, 1, 3, 4, 7, 12])
+def test_disk_dilation_equals_binary_dilation(radius):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(radius)
+    for shape, rate in (((61, 47), 0.002), ((40, 90), 0.03), ((33, 33), 0.0)):
+        seeds = rng.random(shape) < rate
+        seeds[0, -1] = seeds[-1, 0] = rate > 0  # seeds on the border: the disk is clipped
+        got = synthetic._dilate_disk(seeds, radius)
+        expected = (
+            seeds
+            if radius <= 0
+            else ndimage.binary_dilation(seeds, structure=synthetic._disk(radius))
+        )
+        np.testing.assert_array_equal(got, expected)
+        assert got.dtype == bool and got.shape == shape
+    assert synthetic._EDT_MIN_RADIUS <= 7  # the distance-transform path is among the radii

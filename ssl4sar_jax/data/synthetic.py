@@ -283,9 +283,33 @@ def _granules(
 ) -> np.ndarray:
     """Random disks of `radius` px whose centres are drawn with probability ``per_pixel·density``."""
     seeds = rng.random(density.shape) < per_pixel * density
+    return _dilate_disk(seeds, radius)
+
+
+_EDT_MIN_RADIUS = 4
+
+
+def _dilate_disk(seeds: np.ndarray, radius: int) -> np.ndarray:
+    """``binary_dilation(seeds, _disk(radius))``, exactly, in time independent of the radius.
+
+    Args:
+        seeds: ``[H, W]`` bool.
+        radius: Disk radius in pixels (``<= 0``: the seeds themselves).
+
+    Returns:
+        ``[H, W]`` bool: the pixels within the disk of some seed.
+    """
     if radius <= 0:
         return seeds
-    return ndimage.binary_dilation(seeds, structure=_disk(radius))
+    if radius < _EDT_MIN_RADIUS:
+        return ndimage.binary_dilation(seeds, structure=_disk(radius))
+    if not seeds.any():
+        return np.zeros_like(seeds)
+    # The disk is dy² + dx² <= r² + 0.5 and squared distances are integers, so thresholding the
+    # exact Euclidean distance transform at r² + 0.5 selects the same pixels. A dilation costs
+    # O(pixels × disk area): minutes for the 100-px icebergs of a 4000² scene; this is O(pixels).
+    squared = ndimage.distance_transform_edt(~seeds, return_distances=True) ** 2
+    return squared <= radius * radius + 0.5
 
 
 @functools.lru_cache(maxsize=32)
