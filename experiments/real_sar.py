@@ -5,7 +5,7 @@ Works on any CaFFe-layout ``data_raw/`` folder (``sar_images/``, ``zones/``, ``f
 
     python experiments/real_sar.py --data-raw /path/to/data_raw --workdir /tmp/real_sar \
         [--pixel-spacing 50] [--steps 600] [--model tiny] [--context 256 --centre 128] \
-        [--set optim.learning_rate=1e-3 --set data.sampler.prob_gamma=0.5 ...]
+        [--class-balance 0.5] [--set optim.learning_rate=1e-3 --set data.sampler.prob_gamma=0.5 ...]
 
 * trains the small fine-tuning model (``configs/finetune.py:demo`` with the overrides of
   ``--set``) on ``train/`` (minus 10 % held back by the official CaFFe split recipe);
@@ -122,7 +122,7 @@ def _pixel_row(metrics: dict, per_image: list[dict]) -> dict:
 
 
 def run(args) -> dict:
-    from ssl4sar_jax import train_lib
+    from ssl4sar_jax import losses, train_lib
     from ssl4sar_jax.evaluation import baselines
     from ssl4sar_jax.models import ModelConfig
     from ssl4sar_jax.tasks import finetune
@@ -172,6 +172,13 @@ def run(args) -> dict:
         "seed": args.seed,
         **_parse_set(args.set),
     }
+    if args.class_balance > 0:
+        # Pixel frequencies of the training split (not of the held-out test glacier).
+        weights = losses.class_balance_weights(
+            [r["zones"] for r in sources["train"]], power=args.class_balance
+        )
+        print(f"[real_sar] class weights (NA, rock, glacier, ocean): {weights}", flush=True)
+        over["loss.class_weights"] = weights
     config = apply(config, over)
 
     class InMemoryFinetune(finetune.FinetuneTask):
@@ -289,6 +296,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--centre", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], help="config override key=value")
+    p.add_argument(
+        "--class-balance",
+        type=float,
+        default=0.0,
+        help="weight the cross-entropy by f_c ** -P, f_c the training labels' class pixel "
+        "frequencies (0.5: inverse square root; 0: unweighted, the default)",
+    )
     p.add_argument("--cpu-devices", type=int, default=2)
     p.add_argument(
         "--report-only",

@@ -20,8 +20,11 @@ whatever the compute dtype of the logits.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # The OptSimMIM target layout is defined once, next to the head whose output it matches.
 from ssl4sar_jax.array_utils import centre_crop
@@ -72,6 +75,35 @@ def smooth_cross_entropy(
         return jnp.mean(per_pixel)
     pixel_weights = jnp.asarray(class_weights, jnp.float32)[labels]
     return jnp.sum(pixel_weights * per_pixel) / jnp.maximum(jnp.sum(pixel_weights), 1e-12)
+
+
+def class_balance_weights(
+    zone_maps: Iterable[np.ndarray], num_classes: int = 4, power: float = 0.5
+) -> tuple[float, ...]:
+    """Per-class cross-entropy weights ``f_c ** -power`` from the classes' pixel frequencies.
+
+    ``power=1`` is inverse-frequency balancing, ``0.5`` (the default) its square root, which
+    up-weights rare classes less aggressively. The weights are scaled to mean 1 (their scale
+    does not change :func:`smooth_cross_entropy`, which divides by the pixels' total weight); a
+    class with no pixel gets weight 0 (no pixel carries it, so its weight is never used).
+
+    Args:
+        zone_maps: ``[H, W]`` integer class-id maps (any sizes), e.g. the training labels.
+        num_classes: ``K``.
+        power: Exponent of the inverse frequency.
+
+    Returns:
+        ``K`` weights, for ``config.loss.class_weights``.
+    """
+    counts = np.zeros(num_classes, np.float64)
+    for zones in zone_maps:
+        counts += np.bincount(np.asarray(zones).ravel(), minlength=num_classes)[:num_classes]
+    if counts.sum() == 0:
+        raise ValueError("class_balance_weights: the zone maps hold no pixel")
+    freq = counts / counts.sum()
+    weights = np.where(freq > 0, np.power(np.maximum(freq, 1e-12), -power), 0.0)
+    weights = weights / weights[freq > 0].mean()
+    return tuple(round(float(w), 4) for w in weights)
 
 
 def soft_dice_loss(

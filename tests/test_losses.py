@@ -98,6 +98,20 @@ def test_class_weighted_ce_matches_torch_weighted_cross_entropy(sample):
         )
 
 
+def test_class_balance_weights_from_label_frequencies():
+    # Pixel frequencies 0.5 / 0.25 / 0.25 / 0: inverse sqrt 1.414 / 2 / 2, absent class 0.
+    zones = [np.array([[0, 0], [1, 2]]), np.array([[0, 0], [1, 2]])]
+    weights = losses.class_balance_weights(zones, power=0.5)
+    expected = np.array([2**0.5, 2.0, 2.0])
+    np.testing.assert_allclose(weights[:3], expected / expected.mean(), atol=1e-4)
+    assert weights[3] == 0.0
+    inverse = losses.class_balance_weights(zones, power=1.0)
+    np.testing.assert_allclose(inverse[:3], np.array([2.0, 4.0, 4.0]) / (10 / 3), atol=1e-4)
+    assert losses.class_balance_weights(zones, power=0.0)[:3] == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="no pixel"):
+        losses.class_balance_weights([np.zeros((0, 0), int)])
+
+
 def test_finetune_loss_class_weights_reach_both_ce_terms_only(sample):
     logits, labels = sample
     weights = (1.0, 1.0, 1.0, 3.0)
