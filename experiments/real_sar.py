@@ -185,7 +185,6 @@ def run(args) -> dict:
         def prepare_data(self):
             return sources
 
-    train_lib.get_task = lambda cfg: InMemoryFinetune(cfg)  # the folder's records, no TFDS
     done = workdir / "train_summary.json"
     if done.is_file():
         summary = json.loads(done.read_text())
@@ -197,7 +196,14 @@ def run(args) -> dict:
             raise SystemExit(f"{workdir}: no validation in metrics.jsonl to report")
         summary = {"final_step": history[-1]["step"], "val_history": history}
     else:
-        summary = train_lib.train_and_evaluate(config, str(workdir))
+        # The loop takes the folder's records instead of TFDS; restored afterwards so that a
+        # caller in the same process (a test, a notebook) keeps the real task registry.
+        original_get_task = train_lib.get_task
+        train_lib.get_task = lambda cfg: InMemoryFinetune(cfg)
+        try:
+            summary = train_lib.train_and_evaluate(config, str(workdir))
+        finally:
+            train_lib.get_task = original_get_task
         summary = {k: summary[k] for k in ("final_step", "wall_time_s", "val_history")}
         io_utils.write_text_atomic(done, json.dumps(summary, default=float))
     # The run's validation split is the test folder (held-out glacier): its validations give

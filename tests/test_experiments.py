@@ -53,7 +53,11 @@ def test_real_sar_runs_on_any_caffe_layout_folder(tmp_path, compilation_cache):
     out = tmp_path / "real"
     args = ["--data-raw", str(data_raw), "--workdir", str(out), "--steps", "2"]
     args += ["--context", "32", "--centre", "16", "--class-balance", "0.5", "--cpu-devices", "0"]
+    from ssl4sar_jax import train_lib
+
+    get_task = train_lib.get_task
     report = real_sar.main([*args, "--set", "val.batch_size=8", "--overlays", "1"])
+    assert train_lib.get_task is get_task  # the in-memory task does not leak into later runs
     # The class weights come from the training split's labels (not the test glaciers').
     from ssl4sar_jax import losses
     from ssl4sar_jax.data.caffe_files import split_indices
