@@ -9,7 +9,13 @@ import pytest
 from flax import nnx
 
 from ssl4sar_jax.models import ModelConfig, SSL4SARSegmenter
-from ssl4sar_jax.models.decoder import Upsample, upsample2x_conv, upsample_nearest2x
+from ssl4sar_jax.models.decoder import (
+    Upsample,
+    _interleave_phases,
+    interleave_phases,
+    upsample2x_conv,
+    upsample_nearest2x,
+)
 from ssl4sar_jax.models.testing import randomize_params
 
 
@@ -139,3 +145,18 @@ def test_subpixel_under_batch_sharding():
         got = jax.jit(grads)(jax.device_put(x, NamedSharding(mesh, P("data"))), kernel)
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-3)
+
+
+def test_interleave_phases_backward_equals_autodiff():
+    # The hand-written transpose must route every output pixel's gradient to its phase slot
+    # and leave the unused border slots of z at zero.
+    z = jnp.asarray(np.random.default_rng(7).standard_normal((2, 4, 6, 2, 2, 3)), jnp.float32)
+    cot = jnp.asarray(np.random.default_rng(8).standard_normal((2, 6, 10, 3)), jnp.float32)
+    np.testing.assert_array_equal(
+        np.asarray(interleave_phases(z)), np.asarray(_interleave_phases(z))
+    )
+    _, vjp = jax.vjp(interleave_phases, z)
+    _, vjp_ref = jax.vjp(_interleave_phases, z)
+    (got,), (expected,) = vjp(cot), vjp_ref(cot)
+    assert float(jnp.sum(expected == 0)) > 0 and float(jnp.max(jnp.abs(expected))) > 0
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _CONV_IMPLS = ("auto", "xla", "matmul_grad")
 _UPSAMPLE_IMPLS = ("subpixel", "plain")
+_ATTENTION_IMPLS = ("manual_vjp", "autodiff")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,11 @@ class ModelConfig:
             (default; the same operator as four 2x2 phase convolutions at low resolution,
             2.25x fewer FLOPs, equal up to float32 rounding) or "plain" (upsample, then conv,
             as TYRION writes it). Parameters are the same for both.
+        attention_impl: How the window attention's backward pass is computed: "manual_vjp"
+            (default; a hand-written VJP of ``softmax(cos * scale + bias + mask) @ v`` whose
+            position-bias gradient is a matmul with a ones vector instead of a reduction over
+            the batch and windows, ~1.5x faster on CPU) or "autodiff" (JAX differentiates the
+            forward). Same forward, gradients equal up to float32 rounding.
     """
 
     img_size: int = 512
@@ -83,6 +89,7 @@ class ModelConfig:
     conv_impl: str = "auto"
     remat: bool = False
     upsample_impl: str = "subpixel"
+    attention_impl: str = "manual_vjp"
 
     def __post_init__(self) -> None:
         # Normalise sequences to tuples so the config stays hashable (it is static in jit).
@@ -173,6 +180,11 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig.upsample_impl must be one of {_UPSAMPLE_IMPLS}, "
                 f"got {self.upsample_impl!r}"
+            )
+        if self.attention_impl not in _ATTENTION_IMPLS:
+            raise ValueError(
+                f"ModelConfig.attention_impl must be one of {_ATTENTION_IMPLS}, "
+                f"got {self.attention_impl!r}"
             )
         if self.sar_channels not in (1, self.in_chans):
             raise ValueError(

@@ -128,13 +128,53 @@ def upsample2x_conv(x: jax.Array, kernel: jax.Array, *, matmul_grad: bool = Fals
     # sharding (see models/swinv2.py).
     z = z.reshape(batch, height + 1, width + 1, 2, 2 * cout)
     z = z.reshape(batch, height + 1, width + 1, 2, 2, cout)
+    return interleave_phases(z)
+
+
+@jax.custom_vjp
+def interleave_phases(z: jax.Array) -> jax.Array:
+    """``y[:, 2i + a, 2j + b] = z[:, i + a, j + b, a, b]``: ``[B, H+1, W+1, 2, 2, C] -> [B, 2H, 2W, C]``.
+
+    Phase ``(a, b)`` of the sub-pixel convolution sits at offset ``(a, b)`` of its output.
+    The backward pass is hand-written: JAX's transpose of the four slices pads each phase's
+    gradient to the full ``z`` shape and adds the four (four full-size tensors, mostly zeros;
+    ~1 s of the paper model's train step at 256^2 -> 512^2), while one stack of the four
+    phases, each padded by one pixel, writes ``z``'s gradient once.
+    """
+    return _interleave_phases(z)
+
+
+def _interleave_phases(z: jax.Array) -> jax.Array:
+    batch, height, width, cout = z.shape[0], z.shape[1] - 1, z.shape[2] - 1, z.shape[-1]
     out_rows = [
         jnp.stack([z[:, a : a + height, b : b + width, a, b] for b in range(2)], axis=3)
         for a in range(2)
     ]  # each [B, H, W, 2 (b), Cout]
     y = jnp.stack(out_rows, axis=2)  # [B, H, 2 (a), W, 2 (b), Cout]
+    # One axis split or merged per reshape, so a batch-sharded input keeps an inferable
+    # sharding (see models/swinv2.py).
     y = y.reshape(batch, height, 2, 2 * width, cout)
     return y.reshape(batch, 2 * height, 2 * width, cout)
+
+
+def _interleave_phases_fwd(z: jax.Array):
+    return _interleave_phases(z), None
+
+
+def _interleave_phases_bwd(_, g: jax.Array):
+    batch, height, width, cout = g.shape[0], g.shape[1] // 2, g.shape[2] // 2, g.shape[3]
+    g = g.reshape(batch, height, 2, 2 * width, cout)
+    g = g.reshape(batch, height, 2, width, 2, cout)
+    phases = [
+        jnp.pad(g[:, :, a, :, b], ((0, 0), (a, 1 - a), (b, 1 - b), (0, 0)))
+        for a in range(2)
+        for b in range(2)
+    ]  # each [B, H+1, W+1, Cout], phase (a, b) at offset (a, b)
+    dz = jnp.stack(phases, axis=3)  # [B, H+1, W+1, 4 (a, b), Cout]
+    return (dz.reshape(batch, height + 1, width + 1, 2, 2, cout),)
+
+
+interleave_phases.defvjp(_interleave_phases_fwd, _interleave_phases_bwd)
 
 
 class Upsample(nnx.Module):

@@ -35,8 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax import lax
 
 from ssl4sar_jax.models.config import ModelConfig
+from ssl4sar_jax.models.cpu_conv import contraction_out_sharding
 from ssl4sar_jax.models.layers import conv2d_layer, layer_norm, trunc_normal_linear
 
 LOGIT_SCALE_MAX = math.log(1.0 / 0.01)  # ln(100): clamp of the learnable attention scale
@@ -176,6 +178,100 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.maximum(sum_sq, NORMALIZE_EPS**2))
 
 
+def _attention_forward(qn, kn, v, bias, scale, mask):
+    dt = v.dtype
+    cos = jnp.einsum(
+        "bwqhd,bwkhd->bwhqk", qn.astype(dt), kn.astype(dt), preferred_element_type=jnp.float32
+    )
+    logits = cos * scale[:, None, None] + bias
+    if mask is not None:
+        logits = logits + mask[None, :, None]
+    probs = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("bwhqk,bwkhd->bwqhd", probs.astype(dt), v)
+    return out, cos, probs
+
+
+def cosine_attention_autodiff(
+    qn: jax.Array,
+    kn: jax.Array,
+    v: jax.Array,
+    bias: jax.Array,
+    scale: jax.Array,
+    mask: jax.Array | None,
+) -> jax.Array:
+    """``softmax(cos(q, k) * scale + bias + mask) @ v``, differentiated by JAX.
+
+    Args:
+        qn: L2-normalised queries ``[B, nW, N, h, d]`` (float32).
+        kn: L2-normalised keys ``[B, nW, N, h, d]`` (float32).
+        v: Values ``[B, nW, N, h, d]`` in the compute dtype (which the matmuls use).
+        bias: Relative position bias ``[h, N, N]`` (float32).
+        scale: Per-head logit scale ``[h]`` (float32, already exponentiated).
+        mask: Additive shift mask ``[nW, N, N]`` (a constant) or None.
+
+    Returns:
+        ``[B, nW, N, h, d]`` in the compute dtype.
+    """
+    return _attention_forward(qn, kn, v, bias, scale, mask)[0]
+
+
+@jax.custom_vjp
+def cosine_attention_manual_vjp(qn, kn, v, bias, scale, mask):
+    """`cosine_attention_autodiff` with a hand-written backward pass (same arguments).
+
+    JAX's own backward sums the logits' gradient over the batch and the windows for the
+    position bias as a reduction fusion, which XLA CPU runs slowly (with the softmax backward
+    fused in: ~17 % of the paper model's train step, ``benchmarks/op_profile.py``). Here the
+    softmax backward is computed once and the bias gradient is a matmul with a ones vector.
+    The mask gets no gradient (a constant).
+    """
+    return _attention_forward(qn, kn, v, bias, scale, mask)[0]
+
+
+def _attention_vjp_fwd(qn, kn, v, bias, scale, mask):
+    out, cos, probs = _attention_forward(qn, kn, v, bias, scale, mask)
+    return out, (qn, kn, v, scale, mask, cos, probs)
+
+
+def _attention_vjp_bwd(residuals, g):
+    qn, kn, v, scale, mask, cos, probs = residuals
+    dt = v.dtype
+    g = g.astype(dt)
+    dv = jnp.einsum("bwhqk,bwqhd->bwkhd", probs.astype(dt), g)
+    dprobs = jnp.einsum("bwqhd,bwkhd->bwhqk", g, v, preferred_element_type=jnp.float32)
+    dlogits = probs * (dprobs - jnp.sum(probs * dprobs, axis=-1, keepdims=True))
+    batch, windows = dlogits.shape[:2]
+    dbias = lax.dot_general(
+        jnp.ones((batch, windows), jnp.float32),
+        dlogits,
+        (((0, 1), (0, 1)), ((), ())),
+        out_sharding=contraction_out_sharding(dlogits, (0, 1)),
+    )
+    dscale = jnp.einsum(
+        "bwhqk,bwhqk->h", dlogits, cos, out_sharding=contraction_out_sharding(dlogits, (0, 1))
+    )
+    dcos = (dlogits * scale[:, None, None]).astype(dt)
+    dqn = jnp.einsum("bwhqk,bwkhd->bwqhd", dcos, kn.astype(dt), preferred_element_type=jnp.float32)
+    dkn = jnp.einsum("bwhqk,bwqhd->bwkhd", dcos, qn.astype(dt), preferred_element_type=jnp.float32)
+    dmask = None if mask is None else jnp.zeros_like(mask)
+    return (
+        dqn.astype(qn.dtype),
+        dkn.astype(kn.dtype),
+        dv.astype(v.dtype),
+        dbias,
+        dscale.astype(scale.dtype),
+        dmask,
+    )
+
+
+cosine_attention_manual_vjp.defvjp(_attention_vjp_fwd, _attention_vjp_bwd)
+
+_ATTENTION_CORES = {
+    "manual_vjp": cosine_attention_manual_vjp,
+    "autodiff": cosine_attention_autodiff,
+}
+
+
 class WindowAttention(nnx.Module):
     """SwinV2 cosine window attention with continuous relative position bias.
 
@@ -192,10 +288,12 @@ class WindowAttention(nnx.Module):
         pretrained_window: int,
         *,
         dtype: Any = None,
+        attention_impl: str = "manual_vjp",
         rngs: nnx.Rngs,
     ):
         self.dim = dim
         self.num_heads = num_heads
+        self.attention_impl = attention_impl
         self.window = window
         self.pretrained_window = pretrained_window
         self.dtype = dtype
@@ -235,19 +333,13 @@ class WindowAttention(nnx.Module):
         qkv = qkv.reshape(b, nw, n, 3, h, d)
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # [B, nW, N, h, d]
         # Cosine similarity in float32 (the logits reach +-100 after scaling).
-        q32, k32 = q.astype(jnp.float32), k.astype(jnp.float32)
-        q32 = _l2_normalize(q32)
-        k32 = _l2_normalize(k32)
-        dt = windows.dtype
-        logits = jnp.einsum(
-            "bwqhd,bwkhd->bwhqk", q32.astype(dt), k32.astype(dt), preferred_element_type=jnp.float32
-        )
+        qn = _l2_normalize(q.astype(jnp.float32))
+        kn = _l2_normalize(k.astype(jnp.float32))
         scale = jnp.exp(jnp.minimum(self.logit_scale[...], LOGIT_SCALE_MAX))
-        logits = logits * scale[:, None, None] + self.position_bias()
-        if mask is not None:
-            logits = logits + jnp.asarray(mask)[None, :, None]
-        attn = jax.nn.softmax(logits, axis=-1).astype(dt)
-        out = jnp.einsum("bwhqk,bwkhd->bwqhd", attn, v)
+        core = _ATTENTION_CORES[self.attention_impl]
+        out = core(
+            qn, kn, v, self.position_bias(), scale, None if mask is None else jnp.asarray(mask)
+        )
         return self.proj(out.reshape(b, nw, n, c))
 
 
@@ -277,12 +369,19 @@ class SwinV2Block(nnx.Module):
         *,
         zero_init_norms: bool = False,
         dtype: Any = None,
+        attention_impl: str = "manual_vjp",
         rngs: nnx.Rngs,
     ):
         self.resolution = resolution
         self.window, self.shift = effective_window_and_shift(resolution, window_size, block_index)
         self.attn = WindowAttention(
-            dim, num_heads, self.window, pretrained_window, dtype=dtype, rngs=rngs
+            dim,
+            num_heads,
+            self.window,
+            pretrained_window,
+            dtype=dtype,
+            attention_impl=attention_impl,
+            rngs=rngs,
         )
         self.norm1 = layer_norm(dim, zero_init=zero_init_norms, dtype=dtype, rngs=rngs)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
@@ -337,6 +436,7 @@ class SwinV2Stage(nnx.Module):
                     config.mlp_ratio,
                     zero_init_norms=config.res_post_norm_zero_init,
                     dtype=dtype,
+                    attention_impl=config.attention_impl,
                     rngs=rngs,
                 )
                 for j in range(config.depths[index])
