@@ -28,7 +28,9 @@ same batch, resolution and thread count: forward (eval, no grad) and an SGD trai
 loss, momentum and weight decay; parameters updated in place / donated), for each of
 ``--dtypes`` (bfloat16: our ``ModelConfig.dtype="bfloat16"``, float32 parameters; torch
 ``autocast("cpu", bfloat16)``). The timings are interleaved JAX / torch / JAX / torch for
-``--rounds`` rounds, so load from other processes hits both sides alike; the report gives the
+``--rounds`` rounds, so load from other processes hits both sides alike; each timed call
+follows ``--warm-steps`` (default 1) untimed calls of the same side, since the first call after
+the other framework ran is slower (caches, freed memory faulted in again); the report gives the
 median, the min-max spread, the ratio of medians and the spread of the per-round ratios,
 together with the CPU model and ISA flags (AVX-512, AMX, ...)::
 
@@ -69,6 +71,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--compare-torch", action="store_true", help="time against the PyTorch twin (see above)"
     )
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (--compare-torch)")
+    p.add_argument(
+        "--warm-steps",
+        type=int,
+        default=1,
+        help="untimed calls of the same side right before each timed one (--compare-torch); "
+        "0 times the first call after the other framework ran",
+    )
     p.add_argument(
         "--dtypes",
         nargs="+",
@@ -182,6 +191,7 @@ def compare_torch(args: argparse.Namespace) -> dict[str, object]:
         "devices": args.devices,
         "torch_threads": threads,
         "rounds": args.rounds,
+        "warm_steps": args.warm_steps,
         "variant": args.variant,
         "conv_impl": args.conv_impl,
         "upsample_impl": args.upsample_impl,
@@ -265,6 +275,12 @@ def compare_torch(args: argparse.Namespace) -> dict[str, object]:
             jax_s, torch_s = [], []
             for r in range(args.rounds):
                 for fn, out in ((jax_fn, jax_s), (torch_fn, torch_s)):
+                    # A step right after the other framework's runs slower (measured: JAX's
+                    # paper train step 14-15 s after a torch step, 10-11 s after its own), so
+                    # each timed call follows --warm-steps untimed calls of the same side: the
+                    # steady state of a training loop, for both sides alike.
+                    for _ in range(args.warm_steps):
+                        fn()
                     t0 = time.perf_counter()
                     fn()
                     out.append(time.perf_counter() - t0)
